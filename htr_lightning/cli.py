@@ -1,0 +1,86 @@
+"""The ``htr-lightning`` command: LightningCLI over our systems and :class:`HTRDataModule`.
+
+``htr-lightning fit|validate|test|predict --config configs/experiment/<name>.yaml``. The model
+gets the charset and input height from the data section through ``link_arguments``, so a
+config names them once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from htr_lightning.data.datamodule import HTRDataModule
+from htr_lightning.models.ctc_system import CTCSystem
+
+
+class TranscriptionWriter(BasePredictionWriter):
+    """Writes ``predict`` results: one line per image, to stdout or a file.
+
+    Args:
+        path: Output file; None prints to stdout.
+        format: "txt" (``id<TAB>text``) or "jsonl" (``{"id", "text", "confidence"}``).
+    """
+
+    def __init__(self, path: str | None = None, format: str = "txt") -> None:
+        super().__init__(write_interval="batch")
+        if format not in ("txt", "jsonl"):
+            raise ValueError(f"output format must be txt or jsonl, not {format!r}")
+        self.path = path
+        self.format = format
+        self._started = False
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        """Appends one batch of transcriptions."""
+        lines = [json.dumps(p, ensure_ascii=False) if self.format == "jsonl"
+                 else f"{p['id']}\t{p['text']}" for p in prediction]
+        if self.path is None:
+            print("\n".join(lines), flush=True)
+            return
+        mode = "a" if self._started else "w"
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, mode, encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+        self._started = True
+
+
+class HTRLightningCLI(LightningCLI):
+    """LightningCLI with our links and always-on callbacks (best checkpoint by ``val_cer``,
+    ``last.ckpt`` for resuming, learning-rate logging, transcription writer)."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.charset", "model.init_args.charset", apply_on="instantiate")
+        parser.link_arguments("data.height", "model.init_args.height", apply_on="parse")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val_cer",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch}-{step}-{val_cer:.4f}",
+        })
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(TranscriptionWriter, "output")
+
+
+def main(args: list[str] | None = None) -> HTRLightningCLI:
+    """Entry point of ``htr-lightning``."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return HTRLightningCLI(
+        CTCSystem,
+        HTRDataModule,
+        subclass_mode_model=True,
+        args=args,
+        trainer_defaults={"default_root_dir": "checkpoints"},
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+if __name__ == "__main__":
+    main()

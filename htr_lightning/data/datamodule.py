@@ -1,0 +1,206 @@
+"""HTRDataModule: one LightningDataModule for every model family."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from htr_lightning.data.batching import LineDataset, WidthBucketSampler, collate_lines
+from htr_lightning.data.readers import READERS
+from htr_lightning.data.samples import LineSample, SkipReport
+from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
+from htr_lightning.data.transforms import LineAugment, LinePreprocessor
+from htr_lightning.text import CTCTokenizer
+
+log = logging.getLogger("htr_lightning.data")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+SPLITS = ("train", "val", "test")
+
+
+def collect_images(paths: Sequence[str]) -> list[LineSample]:
+    """Expands files, folders (recursively) and glob patterns into unlabelled line samples.
+
+    Raises:
+        FileNotFoundError: naming each path that matches no image.
+    """
+    found: list[Path] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir():
+            hits = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            hits = [path]
+        else:
+            hits = sorted(Path(f) for f in glob.glob(str(path), recursive=True)
+                          if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        if not hits:
+            raise FileNotFoundError(f"predict path {p!r}: no image file found there")
+        found += hits
+    return [LineSample(id=str(f), text="", path=str(f)) for f in found]
+
+
+class HTRDataModule(pl.LightningDataModule):
+    """Text-line data for every htr_lightning model; batches follow the contract in
+    :mod:`htr_lightning.data.batching`.
+
+    Args:
+        dataset: Reader name: "synthetic", "folder", "pagexml", "bentham" or "iam".
+        root: Dataset folder (not used by "synthetic").
+        splits: Optional split name -> split list file or folder, overriding the reader's
+            default location (e.g. ``{"train": "lists/train.txt"}``).
+        reader_options: Extra keyword arguments for the reader (e.g. ``cache_dir`` for
+            pagexml, ``fonts``/``text_file`` for synthetic).
+        charset: The model's symbols; None builds it from the training transcriptions.
+        height: Input height of the model, in pixels.
+        fixed_width: Optional fixed canvas width (e.g. 1024 for the best-practices model).
+        max_width: Lines wider than this after resizing are squeezed.
+        batch_size: Training batch size.
+        eval_batch_size: Validation/test/predict batch size (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory (useful on GPU).
+        augment: Apply :class:`LineAugment` to training lines.
+        bucket_by_width: Group training lines of similar length into batches.
+        synthetic_size: Lines per split for the synthetic dataset.
+        seed: Seed of the synthetic text and of bucketing.
+        predict_paths: Files, folders or glob patterns for ``predict``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str | None = None,
+        splits: dict[str, str] | None = None,
+        reader_options: dict | None = None,
+        charset: str | None = None,
+        height: int = 64,
+        fixed_width: int | None = None,
+        max_width: int = 4096,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        bucket_by_width: bool = True,
+        synthetic_size: dict[str, int] | None = None,
+        seed: int = 0,
+        predict_paths: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset != "synthetic" and dataset not in READERS:
+            known = ", ".join(["synthetic", *READERS])
+            raise ValueError(f"unknown dataset {dataset!r}; choose one of: {known}")
+        if dataset != "synthetic":
+            if root is None:
+                raise ValueError(f"dataset {dataset!r} needs data.root (the dataset folder)")
+            if not Path(root).expanduser().is_dir():
+                raise FileNotFoundError(f"dataset root {root!r} does not exist or is not a folder")
+        # The resolved charset is logged with the model; a None here would clash with it.
+        self.save_hyperparameters(ignore=["charset"])
+        self.dataset = dataset
+        self.root = root
+        self.splits = dict(splits or {})
+        self.reader_options = dict(reader_options or {})
+        self._charset = charset
+        self.height = height
+        self.preprocess = LinePreprocessor(height=height, fixed_width=fixed_width, max_width=max_width)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.augment = augment
+        self.bucket_by_width = bucket_by_width
+        self.synthetic_size = {"train": 20000, "val": 500, "test": 500, **(synthetic_size or {})}
+        self.seed = seed
+        self.predict_paths = predict_paths
+        self._samples: dict[str, Sequence[LineSample]] = {}
+
+    # ----------------------------------------------------------------------------- samples
+    def samples(self, split: str) -> Sequence[LineSample]:
+        """The lines of one split, read once and kept.
+
+        Raises:
+            FileNotFoundError: when the split's list or folder is missing (from the reader).
+        """
+        if split not in self._samples:
+            if split == "predict":
+                if not self.predict_paths:
+                    raise ValueError("predict needs data.predict_paths (files, folders or globs)")
+                self._samples[split] = collect_images(self.predict_paths)
+            elif self.dataset == "synthetic":
+                self._samples[split] = SyntheticLines(self.synthetic_size[split], split=split,
+                                                      seed=self.seed, **self.reader_options)
+            else:
+                report = SkipReport(f"{self.dataset} {split}")
+                self._samples[split] = READERS[self.dataset](
+                    self.root, split, self.splits.get(split), report=report, **self.reader_options)
+                report.log()
+                log.info("%s %s: %d lines", self.dataset, split, len(self._samples[split]))
+        return self._samples[split]
+
+    @property
+    def charset(self) -> str:
+        """The symbols the model should output: given, the synthetic alphabet, or every symbol
+        of the training transcriptions."""
+        if self._charset is None:
+            if self.dataset == "synthetic":
+                self._charset = SYNTHETIC_CHARSET
+            else:
+                self._charset = CTCTokenizer.from_texts(s.text for s in self.samples("train")).charset
+        return self._charset
+
+    def report_coverage(self, split: str) -> dict[str, int]:
+        """Counts the symbols of a split that the charset lacks and logs them once.
+
+        Returns:
+            symbol -> occurrences (empty when the charset covers the split).
+        """
+        missing = CTCTokenizer(self.charset).missing(s.text for s in self.samples(split))
+        if missing:
+            listing = ", ".join(f"{c!r}×{n}" for c, n in missing.most_common())
+            log.warning("%s: %d symbol(s) are not in the charset and cannot be predicted: %s",
+                        split, len(missing), listing)
+        return dict(missing)
+
+    # ------------------------------------------------------------------------- Lightning
+    def setup(self, stage: str | None = None) -> None:
+        """Reads the splits the stage needs; fails here, not mid-epoch, on a wrong path."""
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                  "predict": ("predict",)}.get(stage or "fit", SPLITS)
+        for split in needed:
+            self.samples(split)
+            if split in ("val", "test") and self.dataset != "synthetic":
+                self.report_coverage(split)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        samples = self.samples(split)
+        augment = LineAugment() if (train and self.augment) else None
+        dataset = LineDataset(samples, self.preprocess, augment)
+        kwargs = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                      collate_fn=collate_lines, persistent_workers=self.num_workers > 0)
+        if train and self.bucket_by_width:
+            sampler = WidthBucketSampler([len(s.text) for s in samples], self.batch_size, seed=self.seed)
+            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
+        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
+                          shuffle=train, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (and bucketed) training lines with augmentation."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation lines in file order."""
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test lines in file order."""
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The images named by ``predict_paths``."""
+        return self._loader("predict", train=False)

@@ -1,0 +1,193 @@
+"""Preprocessing shared by training and inference, and training-only augmentation.
+
+Every image, whatever its mode or polarity, goes through :class:`LinePreprocessor`: grayscale,
+dark ink on light paper, height normalised keeping the aspect ratio, then a float tensor with
+ink = 1 and background = 0, so that zero padding is background. Training adds
+:class:`LineAugment` on the grayscale image before resizing.
+
+Augmentation is written on PIL and numpy rather than taken from albumentations/kornia: the ops
+needed are a handful of affine, mesh and point operations that PIL does natively, and it keeps
+OpenCV and torchvision (which has no CPU build here) out of the dependencies.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
+
+
+def to_grayscale(image: Image.Image) -> Image.Image:
+    """Converts any PIL mode to 8-bit grayscale "L".
+
+    16/32-bit images are rescaled by their own range (PIL's ``convert("L")`` would clip them),
+    transparency is flattened onto white, palette/CMYK/RGB go through PIL's conversions.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(image, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(scaled.astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("L")
+    return image.convert("L")
+
+
+def normalize_polarity(gray: Image.Image) -> Image.Image:
+    """Returns the image with dark ink on light background.
+
+    A text line is mostly background, so a median below mid-grey means light-on-dark.
+    """
+    if np.median(np.asarray(gray)) < 128:
+        return ImageOps.invert(gray)
+    return gray
+
+
+class LineAugment:
+    """Random distortions of a grayscale line image (dark ink on light background).
+
+    Args:
+        rotation: Max rotation in degrees (SPEC: ±1°).
+        shear: Max horizontal shear factor.
+        scale: Max relative scale change (0.1 = ±10 %).
+        width_jitter: Max relative width change (0.2 = ±20 %).
+        grid: Probability of the mesh (grid) distortion.
+        morphology: Probability of erosion or dilation (3×3 min/max filter).
+        photometric: Probability of brightness/contrast/gamma change.
+        seed: Seed of a private RNG; None uses the ``random`` module, which PyTorch seeds
+            differently in every DataLoader worker (a private RNG made before the workers fork
+            would repeat the same distortions in each of them).
+    """
+
+    def __init__(
+        self,
+        rotation: float = 1.0,
+        shear: float = 0.3,
+        scale: float = 0.1,
+        width_jitter: float = 0.2,
+        grid: float = 0.5,
+        morphology: float = 0.3,
+        photometric: float = 0.5,
+        seed: int | None = None,
+    ) -> None:
+        self.rotation = rotation
+        self.shear = shear
+        self.scale = scale
+        self.width_jitter = width_jitter
+        self.grid = grid
+        self.morphology = morphology
+        self.photometric = photometric
+        self.rng = random.Random(seed) if seed is not None else random
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        """Applies a random subset of the distortions.
+
+        Args:
+            img: Grayscale "L" image, dark ink on light background, of size (W, H).
+
+        Returns:
+            A grayscale image; its size may differ (shear, scale, width jitter).
+        """
+        r = self.rng
+        img = self._affine(img)
+        if r.random() < self.grid:
+            img = self._mesh(img)
+        if r.random() < self.morphology:
+            img = img.filter(ImageFilter.MinFilter(3) if r.random() < 0.5 else ImageFilter.MaxFilter(3))
+        if r.random() < self.photometric:
+            img = self._photometric(img)
+        return img
+
+    def _affine(self, img: Image.Image) -> Image.Image:
+        r = self.rng
+        w, h = img.size
+        f = 1.0 + r.uniform(-self.scale, self.scale)
+        fx = f * (1.0 + r.uniform(-self.width_jitter, self.width_jitter))
+        sh = r.uniform(-self.shear, self.shear)
+        angle = np.deg2rad(r.uniform(-self.rotation, self.rotation))
+        # Forward map: scale, shear x by y, rotate. PIL wants the inverse map (output -> input).
+        fwd = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        fwd = fwd @ np.array([[1.0, sh], [0.0, 1.0]]) @ np.diag([fx, f])
+        corners = fwd @ np.array([[0, w, 0, w], [0, 0, h, h]], dtype=float)
+        lo = corners.min(axis=1)
+        out_w = max(1, int(np.ceil(corners[0].max() - lo[0])))
+        out_h = max(1, int(np.ceil(corners[1].max() - lo[1])))
+        inv = np.linalg.inv(fwd)
+        offset = inv @ lo
+        coeffs = (inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1])
+        return img.transform((out_w, out_h), Image.Transform.AFFINE, coeffs,
+                             resample=Image.Resampling.BILINEAR, fillcolor=255)
+
+    def _mesh(self, img: Image.Image) -> Image.Image:
+        # One row of quads whose shared vertices are jittered: a smooth elastic-like warp.
+        r = self.rng
+        w, h = img.size
+        cells = max(1, w // max(h, 1))
+        xs = np.linspace(0, w, cells + 1)
+        amp = 0.06 * h
+        top = [(x + r.uniform(-amp, amp), r.uniform(-amp, amp)) for x in xs]
+        bottom = [(x + r.uniform(-amp, amp), h + r.uniform(-amp, amp)) for x in xs]
+        mesh = []
+        for i in range(cells):
+            box = (int(xs[i]), 0, int(xs[i + 1]), h)
+            quad = (*top[i], *bottom[i], *bottom[i + 1], *top[i + 1])
+            mesh.append((box, quad))
+        return img.transform((w, h), Image.Transform.MESH, mesh,
+                             resample=Image.Resampling.BILINEAR, fillcolor=255)
+
+    def _photometric(self, img: Image.Image) -> Image.Image:
+        r = self.rng
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = arr ** r.uniform(0.7, 1.4)
+        contrast = r.uniform(0.7, 1.2)
+        arr = (arr - 0.5) * contrast + 0.5 + r.uniform(-0.1, 0.1)
+        return Image.fromarray((np.clip(arr, 0.0, 1.0) * 255).astype(np.uint8), "L")
+
+
+class LinePreprocessor:
+    """Turns any line image into the network's input tensor.
+
+    Args:
+        height: Output height in pixels.
+        fixed_width: If set, every line is placed on a ``height × fixed_width`` canvas
+            (scaled to fit, padded right), as the best-practices model wants.
+        max_width: Lines wider than this after height normalisation are squeezed to it (a
+            50,000-pixel line must not exhaust memory).
+        min_width: Narrower lines are padded to it, so the network has at least a few frames.
+
+    >>> import PIL.Image
+    >>> x, w = LinePreprocessor(height=32)(PIL.Image.new("L", (200, 50), 255))
+    >>> tuple(x.shape), w
+    ((1, 32, 128), 128)
+    """
+
+    def __init__(self, height: int = 64, fixed_width: int | None = None,
+                 max_width: int = 4096, min_width: int = 16) -> None:
+        self.height = height
+        self.fixed_width = fixed_width
+        self.max_width = fixed_width or max_width
+        self.min_width = min_width
+
+    def __call__(self, image: Image.Image, augment: LineAugment | None = None) -> tuple[torch.Tensor, int]:
+        """Preprocesses one image.
+
+        Returns:
+            The tensor (1, height, W) float32 in [0, 1] with ink = 1, and the content width
+            (W, or less than W when a fixed canvas pads it).
+        """
+        gray = normalize_polarity(to_grayscale(image))
+        if augment is not None:
+            gray = augment(gray)
+        w, h = gray.size
+        new_w = max(1, round(w * self.height / max(h, 1)))
+        new_w = min(max(new_w, 1), self.max_width)
+        gray = gray.resize((new_w, self.height), Image.Resampling.BILINEAR)
+        ink = 1.0 - torch.from_numpy(np.asarray(gray, dtype=np.float32)) / 255.0
+        canvas_w = self.fixed_width or max(new_w, self.min_width)
+        if canvas_w > new_w:
+            ink = torch.nn.functional.pad(ink, (0, canvas_w - new_w))
+        return ink.unsqueeze(0), (new_w if self.fixed_width else canvas_w)

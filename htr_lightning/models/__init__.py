@@ -1,0 +1,6 @@
+"""LightningModules ("systems"): loss, optimisers, metrics, decoding, predict_step."""
+
+from htr_lightning.models.ctc_system import CTCSystem
+from htr_lightning.models.teacher import TeacherSystem
+
+__all__ = ["CTCSystem", "TeacherSystem"]

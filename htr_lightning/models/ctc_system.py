@@ -1,0 +1,206 @@
+"""CTCSystem: everything CTC recognisers share (loss, optimiser, decoding, metrics, predict)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from htr_lightning.data.batching import collate_lines
+from htr_lightning.data.transforms import LinePreprocessor
+from htr_lightning.decoding import Hypothesis, build_decoder
+from htr_lightning.metrics import ErrorRate
+from htr_lightning.text import CTCTokenizer
+
+log = logging.getLogger("htr_lightning.models")
+
+
+def ctc_feasible(frames: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Whether each target fits its frames: CTC needs T >= L + (number of repeated neighbours).
+
+    Returns:
+        (B,) bool.
+    """
+    need = [len(t) + sum(a == b for a, b in zip(t, t[1:])) for t in targets]
+    return frames.cpu() >= torch.tensor(need, dtype=torch.long)
+
+
+class CTCSystem(pl.LightningModule):
+    """Base LightningModule for CTC line recognisers.
+
+    Subclasses build ``self.net`` (an nn.Module mapping ``(images, widths)`` to
+    ``(log_probs (B, T, C), lengths (B,))``) in their ``__init__`` and call
+    ``self.save_hyperparameters()``; everything else lives here.
+
+    Args:
+        charset: Output symbols as a plain string (label i + 1 = charset[i], blank = 0).
+        height: Input height in pixels (linked from the data in the CLI).
+        lr: Peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        scheduler: "onecycle" (warm-up then cosine decay over the planned steps), "plateau"
+            (halve when ``val_cer`` stalls) or "constant".
+        warmup: Fraction of the planned steps spent warming up ("onecycle").
+        decoder: Decoder name or config dict (see :mod:`htr_lightning.decoding`).
+    """
+
+    def __init__(self, charset: str, height: int = 64, lr: float = 1e-3, weight_decay: float = 1e-2,
+                 scheduler: str = "onecycle", warmup: float = 0.1,
+                 decoder: str | dict = "greedy") -> None:
+        super().__init__()
+        if scheduler not in ("onecycle", "plateau", "constant"):
+            raise ValueError(f"scheduler must be onecycle, plateau or constant, not {scheduler!r}")
+        self.tokenizer = CTCTokenizer(charset)
+        self.preprocess = LinePreprocessor(height=height)
+        self.decoder = build_decoder(decoder)
+        self.metrics = nn.ModuleDict({
+            f"{stage}_{unit[0]}er": ErrorRate(unit)
+            for stage in ("val", "test") for unit in ("char", "word")
+        })
+        self._infeasible_seen: set[str] = set()
+        self.net: nn.Module
+
+    # ------------------------------------------------------------------------ network
+    def forward(self, images: torch.Tensor, widths: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W), (B,) -> log_probs (B, T, C), lengths (B,)."""
+        return self.net(images, widths)
+
+    def set_decoder(self, decoder) -> None:
+        """Swaps the decoding strategy of a trained model; it is saved with the next checkpoint.
+
+        Args:
+            decoder: A decoder object (with ``config()``), a name, or a config dict.
+        """
+        self.decoder = decoder if callable(decoder) else build_decoder(decoder)
+        self.hparams["decoder"] = self.decoder.config()
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        """Decodes network outputs with the current decoder."""
+        return self.decoder(log_probs, lengths, self.tokenizer)
+
+    # --------------------------------------------------------------------------- loss
+    def ctc_loss(self, log_probs: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str],
+                 ids: Sequence[str]) -> torch.Tensor | None:
+        """CTC loss in float32 (also under mixed precision), summed per line, averaged over the
+        batch. Lines whose text cannot fit their frames are left out and reported once.
+
+        Returns:
+            The loss, or None when no line of the batch is usable.
+        """
+        targets = [self.tokenizer.encode(t) for t in texts]
+        ok = ctc_feasible(lengths, targets)
+        for i in (~ok).nonzero().flatten().tolist():
+            if ids[i] not in self._infeasible_seen:
+                self._infeasible_seen.add(ids[i])
+                log.warning("line %s: text of %d symbols does not fit in %d frames; it is left "
+                            "out of the loss (%d such lines so far)", ids[i], len(targets[i]),
+                            int(lengths[i]), len(self._infeasible_seen))
+        if not bool(ok.any()):
+            return None
+        keep = ok.nonzero().flatten()
+        kept = [targets[i] for i in keep.tolist()]
+        flat = torch.tensor([c for t in kept for c in t], dtype=torch.long, device=log_probs.device)
+        target_lengths = torch.tensor([len(t) for t in kept], dtype=torch.long)
+        with torch.autocast(device_type=log_probs.device.type, enabled=False):
+            lp = log_probs[keep.to(log_probs.device)].float().transpose(0, 1)  # (T, B, C)
+            loss = F.ctc_loss(lp, flat, lengths[keep.to(lengths.device)].cpu(), target_lengths,
+                              blank=0, reduction="sum", zero_infinity=True)
+        return loss / len(kept)
+
+    # -------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        """CTC loss on one batch; logs ``train_loss``."""
+        if not batch["texts"]:
+            return None
+        log_probs, lengths = self(batch["images"], batch["widths"])
+        loss = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
+        if loss is not None:
+            self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["texts"]))
+        return loss
+
+    def _eval_step(self, batch: dict, stage: str) -> list[Hypothesis]:
+        if not batch["texts"]:
+            return []
+        log_probs, lengths = self(batch["images"], batch["widths"])
+        n = len(batch["texts"])
+        loss = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
+        if loss is not None:
+            self.log(f"{stage}_loss", loss, batch_size=n, sync_dist=True)
+        hyps = self.decode(log_probs, lengths)
+        preds = [h.text for h in hyps]
+        for unit in ("c", "w"):
+            metric = self.metrics[f"{stage}_{unit}er"]
+            metric.update(preds, batch["texts"])
+            self.log(f"{stage}_{unit}er", metric, prog_bar=unit == "c", batch_size=n)
+        return hyps
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``)."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """As validation, logged as ``test_cer`` / ``test_wer``."""
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line."""
+        if not batch["ids"]:
+            return []
+        hyps = self.decode(*self(batch["images"], batch["widths"]))
+        return [{"id": i, "text": h.text, "confidence": h.confidence}
+                for i, h in zip(batch["ids"], hyps)]
+
+    # ---------------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+                   batch_size: int = 16) -> Hypothesis | list[Hypothesis]:
+        """Transcribes line images with the training preprocessing (shared code).
+
+        Args:
+            images: A path or PIL image, or a list of them.
+            batch_size: Lines per forward pass.
+
+        Returns:
+            One :class:`Hypothesis` for a single input, else a list in input order.
+        """
+        single = isinstance(images, (str, Path, Image.Image))
+        items = [images] if single else list(images)
+        was_training = self.training
+        self.eval()
+        out: list[Hypothesis] = []
+        for start in range(0, len(items), batch_size):
+            batch = []
+            for item in items[start : start + batch_size]:
+                image = item if isinstance(item, Image.Image) else Image.open(item)
+                tensor, width = self.preprocess(image)
+                batch.append({"image": tensor, "width": width, "text": "", "id": str(item)})
+            collated = collate_lines(batch)
+            out += self.decode(*self(collated["images"].to(self.device), collated["widths"]))
+        self.train(was_training)
+        return out[0] if single else out
+
+    # ---------------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        """AdamW with the scheduler named by ``scheduler``."""
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
+                                weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "constant":
+            return opt
+        if self.hparams.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=3)
+            return {"optimizer": opt,
+                    "lr_scheduler": {"scheduler": sched, "monitor": "val_cer", "interval": "epoch"}}
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("scheduler 'onecycle' needs a finite plan: set trainer.max_epochs or "
+                             "trainer.max_steps, or use model.scheduler=plateau")
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.hparams.lr, total_steps=max(1, int(total)),
+            pct_start=self.hparams.warmup, anneal_strategy="cos")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,119 @@
+"""Building blocks of the gated CRNN (HTR-JAND style). Plain nn.Modules, no Lightning.
+
+Every block that mixes information across the width takes a padding mask so that a line
+gives the same output alone or padded inside a batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class FullGatedConv2d(nn.Module):
+    """Convolution to 2×C channels; output = first half × sigmoid(second half).
+
+    Shapes: (B, C_in, H, W) -> (B, C_out, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 2 * out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.glu(self.conv(x), dim=1)  # one fused kernel for value·σ(gate)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation with a masked mean, so padding columns do not dilute it.
+
+    Shapes: x (B, C, H, W), mask (B, 1, 1, W) of 0/1 or None (no padding) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True),
+                                nn.Linear(hidden, channels), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            squeezed = x.mean(dim=(2, 3))  # (B, C)
+        else:
+            area = (mask.sum(dim=(2, 3)) * x.shape[2]).clamp(min=1)  # (B, 1)
+            squeezed = (x * mask).sum(dim=(2, 3)) / area  # (B, C)
+        return x * self.fc(squeezed)[:, :, None, None]
+
+
+class GatedConvBlock(nn.Module):
+    """FullGatedConv2d -> BatchNorm -> ReLU -> SqueezeExcite -> optional MaxPool.
+
+    Shapes: x (B, C_in, H, W), mask (B, 1, 1, W) or None (no padding) ->
+    (B, C_out, H/ph, W/pw) and its mask.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, pool: tuple[int, int] | None,
+                 kernel_size: int = 3, se_reduction: int = 16) -> None:
+        super().__init__()
+        self.conv = FullGatedConv2d(in_channels, out_channels, kernel_size)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        self.se = SqueezeExcite(out_channels, se_reduction)
+        self.pool = nn.MaxPool2d(pool) if pool else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Zeroing the padding after the norm makes the next convolution see exactly what zero
+        # padding of an unpadded line would give it.
+        x = self.act(self.norm(self.conv(x)))
+        if mask is not None:
+            x = x * mask
+        x = self.se(x, mask)
+        if self.pool is not None:
+            x = self.pool(x)
+            if mask is not None:
+                # A pooled column is valid when the last column of its window is (masks are
+                # prefixes).
+                step = self.pool.kernel_size[1]
+                mask = mask[..., step - 1 :: step][..., : x.shape[-1]]
+        return x, mask
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """Adds the fixed sine/cosine position code of "Attention is all you need".
+
+    Shapes: (B, T, D) -> (B, T, D).
+    """
+
+    def __init__(self, dim: int, max_len: int = 4096) -> None:
+        super().__init__()
+        position = torch.arange(max_len).unsqueeze(1)
+        div = torch.exp(torch.arange(0, dim, 2) * (-math.log(10000.0) / dim))
+        table = torch.zeros(max_len, dim)
+        table[:, 0::2] = torch.sin(position * div)
+        table[:, 1::2] = torch.cos(position * div)
+        self.register_buffer("table", table, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.table.shape[0]:
+            raise ValueError(f"sequence of {x.shape[1]} frames exceeds the positional table "
+                             f"({self.table.shape[0]}); raise max_len or shorten the line")
+        return x + self.table[: x.shape[1]].to(x.dtype)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Multi-head self-attention with residual connection and LayerNorm.
+
+    Shapes: x (B, T, D), padding (B, T) True where padded -> (B, T, D).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        out, _ = self.attn(x, x, x, key_padding_mask=padding, need_weights=False)
+        return self.norm(x + out)

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from htr_lightning.data.transforms import LineAugment, LinePreprocessor, to_grayscale
+
+
+def _line(width=200, height=50):
+    img = Image.new("L", (width, height), 235)
+    ImageDraw.Draw(img).text((10, 15), "hello line", fill=20)
+    return img
+
+
+def test_light_on_dark_gives_the_same_tensor_as_its_inverse():
+    pre = LinePreprocessor(height=32)
+    img = _line()
+    a, wa = pre(img)
+    b, wb = pre(ImageOps.invert(img))
+    assert wa == wb and torch.allclose(a, b)
+    assert a.mean() < 0.5  # background is 0, ink is 1
+
+
+def test_height_normalised_keeping_aspect():
+    x, w = LinePreprocessor(height=64)(_line(300, 50))
+    assert x.shape == (1, 64, 384) and w == 384
+
+
+def test_very_wide_line_is_squeezed_to_max_width():
+    x, w = LinePreprocessor(height=32, max_width=1024)(Image.new("L", (50_000, 40), 255))
+    assert x.shape == (1, 32, 1024) and w == 1024
+
+
+def test_tiny_image_padded_to_min_width():
+    x, w = LinePreprocessor(height=32, min_width=16)(Image.new("L", (1, 1), 255))
+    assert x.shape == (1, 32, 16) and w == 16
+
+
+def test_fixed_canvas_pads_right_and_reports_content_width():
+    x, w = LinePreprocessor(height=32, fixed_width=256)(_line(100, 50))
+    assert x.shape == (1, 32, 256) and w == 64
+    assert x[..., w:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "CMYK", "I;16", "P", "1"])
+def test_every_mode_becomes_the_same_grayscale(mode):
+    gray = _line()
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
+    else:
+        img = gray.convert(mode)
+    out = np.asarray(to_grayscale(img), dtype=float)
+    assert out.shape == np.asarray(gray).shape
+    if mode != "1":  # a bilevel image keeps only the sign of the ink
+        assert np.abs(out - np.asarray(gray, dtype=float)).mean() < 3
+
+
+def test_transparent_background_is_white():
+    rgba = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+    assert np.asarray(to_grayscale(rgba)).min() == 255
+
+
+def test_augmentation_is_seeded_and_keeps_ink():
+    img = _line()
+    a = LineAugment(seed=1)(img)
+    b = LineAugment(seed=1)(img)
+    c = LineAugment(seed=2)(img)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert a.size != c.size or not np.array_equal(np.asarray(a), np.asarray(c))
+    ink = (np.asarray(a) < 128).sum()
+    assert 0.3 < ink / (np.asarray(img) < 128).sum() < 3

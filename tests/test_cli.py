@@ -1,0 +1,52 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from htr_lightning.cli import main
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teacher_synthetic.yaml"
+TINY = ["--model.channels=[4, 8, 8, 8, 8]", "--model.pools=[[2, 2], [2, 2], [2, 1], [2, 1], null]",
+        "--model.lstm_hidden=8", "--model.lstm_layers=1", "--model.heads=1", "--model.se_reduction=2",
+        "--data.height=32", "--data.batch_size=4",
+        '--data.synthetic_size={"train": 16, "val": 8, "test": 8}']
+
+
+def _common(tmp_path):
+    return ["--config", str(CONFIG), *TINY, "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+
+
+def test_fit_then_validate_test_predict_from_checkpoint(tmp_path, capsys):
+    ckpt_dir = tmp_path / "ckpt"
+    main(["fit", *_common(tmp_path), "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+          f"--checkpoint.dirpath={ckpt_dir}"])
+    last = ckpt_dir / "last.ckpt"
+    best = list(ckpt_dir.glob("best-*.ckpt"))
+    assert last.is_file() and best, sorted(ckpt_dir.iterdir())
+    hparams = torch.load(last, weights_only=True)["hyper_parameters"]
+    assert hparams["height"] == 32 and hparams["channels"] == [4, 8, 8, 8, 8]
+
+    val = main(["validate", *_common(tmp_path), f"--ckpt_path={last}"])
+    assert set(val.trainer.callback_metrics) >= {"val_cer", "val_wer", "val_loss"}
+    test = main(["test", *_common(tmp_path), f"--ckpt_path={best[0]}"])
+    assert 0.0 <= float(test.trainer.callback_metrics["test_cer"]) <= 10.0
+
+    images = tmp_path / "lines"
+    images.mkdir()
+    for i in range(3):
+        Image.new("L", (120 + 30 * i, 40), 255).save(images / f"line{i}.png")
+    out = tmp_path / "out.jsonl"
+    main(["predict", *_common(tmp_path), f"--ckpt_path={last}", f"--data.predict_paths=[{images}]",
+          f"--output.path={out}", "--output.format=jsonl"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["id"]).name for r in rows] == ["line0.png", "line1.png", "line2.png"]
+    assert all(isinstance(r["text"], str) and 0.0 <= r["confidence"] <= 1.0 for r in rows)
+
+
+def test_wrong_dataset_root_fails_at_start_naming_the_path(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        main(["fit", *_common(tmp_path), "--data.dataset=pagexml", f"--data.root={missing}"])
