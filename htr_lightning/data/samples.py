@@ -1,6 +1,6 @@
 """The unit every reader produces: one text line with its transcription.
 
-Readers (``readers.py``, ``synthetic.py``) return a ``Sequence[LineSample]``; the dataset in
+Readers (``readers/``, ``synthetic.py``) return a ``Sequence[LineSample]``; the dataset in
 ``datamodule.py`` calls :meth:`LineSample.load` lazily, so only transcriptions are read at
 start-up. Problems with single files are collected in a :class:`SkipReport` and logged once per
 reason, with a count and the first few file names, so one bad file never stops a run.

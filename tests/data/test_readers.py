@@ -343,7 +343,7 @@ def test_pagexml_cache_gives_identical_samples(tmp_path, monkeypatch):
     def no_cutting(*args, **kwargs):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(readers, "_cut_page", no_cutting)
+    monkeypatch.setattr(readers.common, "_cut_page", no_cutting)
     second = read_pagexml(root, "train", cache_dir=str(cache), report=second_report, workers=2)
     assert second == first
     assert second_report.reasons() == first_report.reasons()  # skips found while cutting too
