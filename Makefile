@@ -18,7 +18,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules htr_lightning tests
 
 demo: venv
 	$(PY) examples/demo.py

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "experiment" / "teacher_synthetic.yaml"
 OUT = ROOT / "checkpoints" / "demo"
@@ -36,11 +38,13 @@ def main() -> None:
         "--trainer.enable_progress_bar=false")
     fit_minutes = (time.time() - start) / 60
     best = sorted(OUT.glob("best-*.ckpt"))[-1]
-    cli("test", "--config", str(CONFIG), f"--ckpt_path={best}", "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false")
+    cli("test", "--config", str(CONFIG), f"--ckpt_path={best}", f"--checkpoint.dirpath={OUT}",
+        "--trainer.logger=false", "--trainer.enable_progress_bar=false")
 
     model = TeacherSystem.load_from_checkpoint(best, map_location="cpu")
-    lines = SyntheticLines(8, split="test", seed=12345, max_words=3)
+    # Lines the model has never seen (another seed), drawn like the config's data.
+    options = yaml.safe_load(CONFIG.read_text())["data"]["reader_options"]
+    lines = SyntheticLines(8, split="test", seed=12345, **options)
     cer = ErrorRate("char")
     print("\nTranscriptions of freshly generated lines (reference -> prediction):")
     for sample, hyp in zip(lines, model.transcribe([s.load() for s in lines])):

@@ -1,4 +1,5 @@
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,19 +11,25 @@ from htr_lightning.cli import main
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teacher_synthetic.yaml"
 TINY = ["--model.channels=[4, 8, 8, 8, 8]", "--model.pools=[[2, 2], [2, 2], [2, 1], [2, 1], null]",
         "--model.lstm_hidden=8", "--model.lstm_layers=1", "--model.heads=1", "--model.se_reduction=2",
-        "--data.height=32", "--data.batch_size=4",
+        "--data.height=32", "--data.batch_size=4", "--data.num_workers=0",
         '--data.synthetic_size={"train": 16, "val": 8, "test": 8}']
 
 
 def _common(tmp_path):
     return ["--config", str(CONFIG), *TINY, "--trainer.enable_progress_bar=false",
-            f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"]
+            "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1",
+            f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
 
 
-def test_fit_then_validate_test_predict_from_checkpoint(tmp_path, capsys):
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])  # LightningCLI also looks at sys.argv
+
+
+def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     main(["fit", *_common(tmp_path), "--trainer.max_steps=4", "--trainer.val_check_interval=2",
-          f"--checkpoint.dirpath={ckpt_dir}"])
+          "--trainer.precision=bf16-mixed"])
     last = ckpt_dir / "last.ckpt"
     best = list(ckpt_dir.glob("best-*.ckpt"))
     assert last.is_file() and best, sorted(ckpt_dir.iterdir())

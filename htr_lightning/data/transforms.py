@@ -22,10 +22,13 @@ from PIL import Image, ImageFilter, ImageOps
 def to_grayscale(image: Image.Image) -> Image.Image:
     """Converts any PIL mode to 8-bit grayscale "L".
 
-    16/32-bit images are rescaled by their own range (PIL's ``convert("L")`` would clip them),
-    transparency is flattened onto white, palette/CMYK/RGB go through PIL's conversions.
+    16-bit images are scaled from 0-65535 and 32-bit ones by their own range (PIL's
+    ``convert("L")`` would clip them), transparency is flattened onto white, palette/CMYK/RGB go
+    through PIL's conversions.
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in ("I;16", "I;16B", "I;16L"):
+        return Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().astype(np.uint8), "L")
+    if image.mode in ("I", "F"):
         arr = np.asarray(image, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
         scaled = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)

@@ -117,3 +117,43 @@ class SelfAttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         out, _ = self.attn(x, x, x, key_padding_mask=padding, need_weights=False)
         return self.norm(x + out)
+
+
+def reverse_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverses the first ``lengths[b]`` steps of each row; padding stays where it is.
+
+    Shapes: x (B, T, D), lengths (B,) -> (B, T, D).
+    """
+    b, t, _ = x.shape
+    steps = torch.arange(t, device=x.device)[None, :].expand(b, t)
+    flipped = lengths.to(x.device)[:, None] - 1 - steps
+    index = torch.where(flipped >= 0, flipped, steps)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class MaskedBiLSTM(nn.Module):
+    """Multi-layer bidirectional LSTM that ignores right padding, like a packed sequence.
+
+    Written by hand because ``pack_padded_sequence`` makes PyTorch fall back from the fused
+    oneDNN LSTM to a per-step loop: for 16 lines × 40 frames × 4 layers on this CPU, forward +
+    backward took 0.25 s packed against 0.09-0.12 s here. The backward direction runs a plain
+    LSTM over each line reversed within its own length, so padding never reaches real frames.
+    Same parameters as ``nn.LSTM(bidirectional=True)``.
+
+    Shapes: x (B, T, D_in), lengths (B,) -> (B, T, 2·hidden).
+    """
+
+    def __init__(self, input_size: int, hidden: int, layers: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        sizes = [input_size] + [2 * hidden] * (layers - 1)
+        self.forward_layers = nn.ModuleList(nn.LSTM(s, hidden, batch_first=True) for s in sizes)
+        self.backward_layers = nn.ModuleList(nn.LSTM(s, hidden, batch_first=True) for s in sizes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
+            if i:
+                x = self.dropout(x)
+            back = reverse_valid(bwd(reverse_valid(x, lengths))[0], lengths)
+            x = torch.cat([fwd(x)[0], back], dim=-1)
+        return x

@@ -13,9 +13,13 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from htr_lightning.nets.blocks import GatedConvBlock, SelfAttentionBlock, SinusoidalPositionalEncoding
+from htr_lightning.nets.blocks import (
+    GatedConvBlock,
+    MaskedBiLSTM,
+    SelfAttentionBlock,
+    SinusoidalPositionalEncoding,
+)
 
 TEACHER_CHANNELS = (32, 64, 128, 128, 256)
 TEACHER_POOLS = ((2, 2), (2, 2), (2, 2), (2, 1), None)
@@ -68,9 +72,7 @@ class GatedCRNN(nn.Module):
         dim = 2 * lstm_hidden
         self.proj = nn.Linear(in_ch * (height // h_factor), dim)
         self.pos = SinusoidalPositionalEncoding(dim)
-        self.lstm = nn.LSTM(dim, lstm_hidden, num_layers=lstm_layers,
-                            dropout=dropout if lstm_layers > 1 else 0.0,
-                            bidirectional=True, batch_first=True)
+        self.lstm = MaskedBiLSTM(dim, lstm_hidden, lstm_layers, dropout)
         self.attn = SelfAttentionBlock(dim, heads, dropout=dropout / 2)
         self.head = nn.Linear(dim, num_classes)
 
@@ -106,9 +108,8 @@ class GatedCRNN(nn.Module):
         x = x.permute(0, 3, 1, 2).flatten(2)  # (B, T, C·H')
         x = self.pos(self.proj(x))  # (B, T, D)
         t = x.shape[1]
-        packed = pack_padded_sequence(x, lengths.cpu().clamp(max=t), batch_first=True,
-                                      enforce_sorted=False)
-        x, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t)
+        lengths = lengths.clamp(max=t)
+        x = self.lstm(x, lengths)  # (B, T, D)
         padding = torch.arange(t, device=x.device)[None, :] >= lengths[:, None]
         x = self.attn(x, padding)
         return self.head(x).log_softmax(-1), lengths

@@ -62,6 +62,7 @@ class _OwnCTCModel(pl.LightningModule):
         self.out = nn.Linear(8 * 32, classes)
         self.charset = SYNTHETIC_CHARSET
         self.seen = 0
+        self.validated = 0
 
     def training_step(self, batch, batch_idx):
         images, widths, texts = batch["images"], batch["widths"], batch["texts"]
@@ -75,6 +76,10 @@ class _OwnCTCModel(pl.LightningModule):
         self.seen += len(texts)
         return loss
 
+    def validation_step(self, batch, batch_idx):
+        assert batch["images"].shape[0] == len(batch["texts"]) == batch["widths"].shape[0]
+        self.validated += len(batch["texts"])
+
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
@@ -84,9 +89,11 @@ def test_own_lightning_module_trains_on_htr_datamodule(tmp_path, tiny_data_kwarg
     model = _OwnCTCModel(len(SYNTHETIC_CHARSET) + 1)
     trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, default_root_dir=tmp_path,
-                         limit_val_batches=0)
+                         num_sanity_val_steps=0)
     trainer.fit(model, dm)
     assert model.seen == 12
+    trainer.validate(model, dm, verbose=False)
+    assert model.validated == 8
 
 
 class _OwnDataModule(pl.LightningDataModule):
@@ -98,6 +105,9 @@ class _OwnDataModule(pl.LightningDataModule):
                   "texts": ["ab", "ba a"], "ids": [f"{i}a", f"{i}b"]} for i in range(4)]
         return torch.utils.data.DataLoader(items, batch_size=None)
 
+    def val_dataloader(self):
+        return self.train_dataloader()
+
 
 def test_teacher_trains_on_a_users_own_datamodule(tmp_path, tiny_teacher_kwargs):
     model = TeacherSystem(charset="ab ", scheduler="constant", **tiny_teacher_kwargs)
@@ -106,4 +116,5 @@ def test_teacher_trains_on_a_users_own_datamodule(tmp_path, tiny_teacher_kwargs)
                          enable_progress_bar=False, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=_OwnDataModule())
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
+    assert 0.0 <= float(trainer.callback_metrics["val_cer"]) <= 5.0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from htr_lightning.data.transforms import LineAugment, LinePreprocessor, to_grayscale
 
 
 def _line(width=200, height=50):
     img = Image.new("L", (width, height), 235)
-    ImageDraw.Draw(img).text((10, 15), "hello line", fill=20)
+    ImageDraw.Draw(img).text((10, 5), "hello line", fill=20, font=ImageFont.load_default(size=32))
     return img
 
 
@@ -31,9 +31,11 @@ def test_very_wide_line_is_squeezed_to_max_width():
     assert x.shape == (1, 32, 1024) and w == 1024
 
 
-def test_tiny_image_padded_to_min_width():
-    x, w = LinePreprocessor(height=32, min_width=16)(Image.new("L", (1, 1), 255))
+def test_narrow_image_padded_to_min_width():
+    x, w = LinePreprocessor(height=32, min_width=16)(Image.new("L", (10, 40), 255))
     assert x.shape == (1, 32, 16) and w == 16
+    x, w = LinePreprocessor(height=32)(Image.new("L", (1, 1), 255))
+    assert x.shape == (1, 32, 32) and w == 32
 
 
 def test_fixed_canvas_pads_right_and_reports_content_width():
@@ -42,11 +44,14 @@ def test_fixed_canvas_pads_right_and_reports_content_width():
     assert x[..., w:].abs().sum() == 0
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "CMYK", "I;16", "P", "1"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "CMYK", "I;16", "I", "P", "1"])
 def test_every_mode_becomes_the_same_grayscale(mode):
     gray = _line()
     if mode == "I;16":
         img = Image.fromarray(np.asarray(gray).astype(np.uint16) * 257)
+    elif mode == "I":  # 32-bit: stretched by its own range, so use a full-range line here
+        gray = Image.fromarray(np.where(np.asarray(gray) < 128, 0, 255).astype(np.uint8))
+        img = gray.convert("I")
     else:
         img = gray.convert(mode)
     out = np.asarray(to_grayscale(img), dtype=float)
