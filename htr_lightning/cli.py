@@ -68,8 +68,8 @@ class HTRLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TranscriptionWriter, "output")
 
 
-def main(args: list[str] | None = None) -> HTRLightningCLI:
-    """Entry point of ``htr-lightning``."""
+def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
+    """Runs the CLI on ``args`` (default: ``sys.argv``) and returns it (trainer, model, data)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     return HTRLightningCLI(
@@ -80,6 +80,11 @@ def main(args: list[str] | None = None) -> HTRLightningCLI:
         trainer_defaults={"default_root_dir": "checkpoints"},
         save_config_kwargs={"overwrite": True},
     )
+
+
+def main() -> None:
+    """Entry point of ``htr-lightning`` (exit status 0 on success)."""
+    cli_main()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from htr_lightning.cli import main
+from htr_lightning.cli import cli_main as main
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teacher_synthetic.yaml"
 TINY = ["--model.channels=[4, 8, 8, 8, 8]", "--model.pools=[[2, 2], [2, 2], [2, 1], [2, 1], null]",
