@@ -57,3 +57,11 @@ def test_wrong_dataset_root_fails_at_start_naming_the_path(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere"):
         main(["fit", *_common(tmp_path), "--data.dataset=pagexml", f"--data.root={missing}"])
+
+
+@pytest.mark.parametrize("config", sorted(CONFIG.parent.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert done.value.code == 0
+    assert "class_path: htr_lightning.models." in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """LightningModules ("systems"): loss, optimisers, metrics, decoding, predict_step."""
 
 from htr_lightning.models.ctc_system import CTCSystem
+from htr_lightning.models.student import StudentSystem, distillation_loss
 from htr_lightning.models.teacher import TeacherSystem
 
-__all__ = ["CTCSystem", "TeacherSystem"]
+__all__ = ["CTCSystem", "StudentSystem", "TeacherSystem", "distillation_loss"]

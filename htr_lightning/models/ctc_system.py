@@ -114,15 +114,28 @@ class CTCSystem(pl.LightningModule):
         return loss / len(kept)
 
     # -------------------------------------------------------------------------- steps
+    def training_losses(self, batch: dict, log_probs: torch.Tensor, lengths: torch.Tensor
+                        ) -> dict[str, torch.Tensor]:
+        """The loss terms of one training batch; ``"loss"`` is what is optimised.
+
+        Subclasses add terms (e.g. distillation) by extending this dict.
+
+        Args:
+            batch: The batch (contract in :mod:`htr_lightning.data.batching`).
+            log_probs: (B, T, C) network output for it.
+            lengths: (B,) valid frames.
+        """
+        ctc = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
+        return {} if ctc is None else {"loss": ctc}
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
-        """CTC loss on one batch; logs ``train_loss``."""
+        """Optimises ``training_losses``; logs each term as ``train_<term>``."""
         if not batch["texts"]:
             return None
-        log_probs, lengths = self(batch["images"], batch["widths"])
-        loss = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
-        if loss is not None:
-            self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["texts"]))
-        return loss
+        losses = self.training_losses(batch, *self(batch["images"], batch["widths"]))
+        for name, value in losses.items():
+            self.log(f"train_{name}", value, prog_bar=name == "loss", batch_size=len(batch["texts"]))
+        return losses.get("loss")
 
     def _eval_step(self, batch: dict, stage: str) -> list[Hypothesis]:
         if not batch["texts"]:

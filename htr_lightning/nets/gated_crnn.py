@@ -1,4 +1,4 @@
-"""The HTR-JAND style gated CRNN (teacher; the student is a preset of the same class).
+"""The HTR-JAND style gated CRNN (teacher; the student is ``STUDENT_PRESET`` of the same class).
 
 Input 1×H×W (H = 64 by default), ink = 1 on background 0:
 ``[FullGatedConv2d -> BN -> ReLU -> SE -> MaxPool] × 5`` (channels 32, 64, 128, 128, 256;
@@ -23,6 +23,10 @@ from htr_lightning.nets.blocks import (
 
 TEACHER_CHANNELS = (32, 64, 128, 128, 256)
 TEACHER_POOLS = ((2, 2), (2, 2), (2, 2), (2, 1), None)
+
+# Seed 001's student: the same design with half the channels (convolutions and recurrent
+# width) and one attention head. Same pools, so its frames align with the teacher's.
+STUDENT_PRESET = {"channels": (16, 32, 64, 64, 128), "lstm_hidden": 64, "heads": 1}
 
 
 class GatedCRNN(nn.Module):
