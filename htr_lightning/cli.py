@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Optional, Union
 
 from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -66,6 +67,23 @@ class HTRLightningCLI(LightningCLI):
         })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TranscriptionWriter, "output")
+        parser.add_argument(
+            "--decoder", type=Optional[Union[str, dict]], default=None,
+            help="Decoder for this run, applied after the model (and any --ckpt_path) is loaded, "
+                 'e.g. \'{"name": "beam", "beam_size": 16, "lm_path": "lm.arpa"}\'. '
+                 "(--model.decoder sets a fresh model's; with --ckpt_path the checkpoint's "
+                 "hyperparameters take precedence over --model.*.)")
+
+    def before_instantiate_classes(self) -> None:
+        """Remembers the run's ``--decoder`` before the classes are built."""
+        sub = self.config.get(self.subcommand) if self.subcommand else self.config
+        self._decoder = sub.get("decoder") if sub is not None else None
+
+    def after_instantiate_classes(self) -> None:
+        """Applies ``--decoder`` to the model."""
+        super().after_instantiate_classes()
+        if self._decoder is not None:
+            self.model.set_decoder(self._decoder)
 
 
 def cli_main(args: list[str] | None = None) -> HTRLightningCLI:

@@ -40,6 +40,11 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     assert set(val.trainer.callback_metrics) >= {"val_cer", "val_wer", "val_loss"}
     test = main(["test", *_common(tmp_path), f"--ckpt_path={best[0]}"])
     assert 0.0 <= float(test.trainer.callback_metrics["test_cer"]) <= 10.0
+    assert test.model.decoder.name == "greedy"
+    beam = main(["test", *_common(tmp_path), f"--ckpt_path={best[0]}",
+                 '--decoder={"name": "beam", "beam_size": 2}'])
+    assert beam.model.decoder.config()["beam_size"] == 2
+    assert "test_cer" in beam.trainer.callback_metrics
 
     images = tmp_path / "lines"
     images.mkdir()

@@ -1,18 +1,23 @@
 """Swappable CTC decoders. Each is an object with ``config()`` and
-``__call__(log_probs, lengths, tokenizer) -> list[Hypothesis]``."""
+``__call__(log_probs, lengths, tokenizer) -> list[Hypothesis]``; a model switches with
+``model.set_decoder(...)`` or ``--model.decoder='{"name": "beam", "beam_size": 16}'``."""
 
 from __future__ import annotations
 
+from htr_lightning.decoding.beam import BeamSearchDecoder
 from htr_lightning.decoding.greedy import GreedyDecoder, Hypothesis
+from htr_lightning.decoding.ngram import CharNgramLM
 
-DECODERS = {GreedyDecoder.name: GreedyDecoder}
+DECODERS = {GreedyDecoder.name: GreedyDecoder, BeamSearchDecoder.name: BeamSearchDecoder}
 
 
-def build_decoder(spec: str | dict) -> GreedyDecoder:
+def build_decoder(spec: str | dict) -> GreedyDecoder | BeamSearchDecoder:
     """Builds a decoder from its name or its ``config()`` dict.
 
     >>> build_decoder("greedy").config()
     {'name': 'greedy'}
+    >>> build_decoder({"name": "beam", "beam_size": 4}).beam_size
+    4
     """
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
     name = spec.pop("name", None)
@@ -21,4 +26,5 @@ def build_decoder(spec: str | dict) -> GreedyDecoder:
     return DECODERS[name](**spec)
 
 
-__all__ = ["DECODERS", "GreedyDecoder", "Hypothesis", "build_decoder"]
+__all__ = ["DECODERS", "BeamSearchDecoder", "CharNgramLM", "GreedyDecoder", "Hypothesis",
+           "build_decoder"]
