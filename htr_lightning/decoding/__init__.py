@@ -7,11 +7,13 @@ from __future__ import annotations
 from htr_lightning.decoding.beam import BeamSearchDecoder
 from htr_lightning.decoding.greedy import GreedyDecoder, Hypothesis
 from htr_lightning.decoding.ngram import CharNgramLM
+from htr_lightning.decoding.rescore import CausalLMScorer, RescoringDecoder
 
-DECODERS = {GreedyDecoder.name: GreedyDecoder, BeamSearchDecoder.name: BeamSearchDecoder}
+DECODERS = {GreedyDecoder.name: GreedyDecoder, BeamSearchDecoder.name: BeamSearchDecoder,
+            RescoringDecoder.name: RescoringDecoder}
 
 
-def build_decoder(spec: str | dict) -> GreedyDecoder | BeamSearchDecoder:
+def build_decoder(spec: str | dict) -> GreedyDecoder | BeamSearchDecoder | RescoringDecoder:
     """Builds a decoder from its name or its ``config()`` dict.
 
     >>> build_decoder("greedy").config()
@@ -26,5 +28,5 @@ def build_decoder(spec: str | dict) -> GreedyDecoder | BeamSearchDecoder:
     return DECODERS[name](**spec)
 
 
-__all__ = ["DECODERS", "BeamSearchDecoder", "CharNgramLM", "GreedyDecoder", "Hypothesis",
-           "build_decoder"]
+__all__ = ["DECODERS", "BeamSearchDecoder", "CausalLMScorer", "CharNgramLM", "GreedyDecoder",
+           "Hypothesis", "RescoringDecoder", "build_decoder"]
