@@ -164,6 +164,10 @@ class BeamSearchDecoder:
         out = []
         for b in range(array.shape[0]):
             n = int(lengths[b])
-            best = self.search(array[b, :n], tokenizer.charset)[0]
+            best = self.rerank(self.search(array[b, :n], tokenizer.charset))
             out.append(Hypothesis(best.text, math.exp(best.ctc / n) if n else 0.0))
         return out
+
+    def rerank(self, entries: list[BeamEntry]) -> BeamEntry:
+        """Chooses the output among the final beam (here: the best by beam score)."""
+        return entries[0]

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from htr_lightning.decoding.beam import BeamSearchDecoder
-from htr_lightning.decoding.greedy import Hypothesis
-from htr_lightning.text.charset import CTCTokenizer
+from htr_lightning.decoding.beam import BeamEntry, BeamSearchDecoder
 
 
 class CausalLMScorer:
@@ -56,7 +52,7 @@ class CausalLMScorer:
         return out
 
 
-class RescoringDecoder:
+class RescoringDecoder(BeamSearchDecoder):
     """Beam search (with or without an n-gram LM) whose n-best list a causal LM re-ranks:
     score = beam score + ``weight`` · log P_causalLM(text).
 
@@ -72,28 +68,19 @@ class RescoringDecoder:
 
     def __init__(self, lm: str, weight: float = 0.3, nbest: int = 8, beam: dict | None = None,
                  device: str = "cpu") -> None:
-        self.lm = lm
+        super().__init__(**{**(beam or {}), "nbest": nbest})
+        self.causal_lm = lm
         self.weight = weight
-        self.beam_kwargs = {**(beam or {}), "nbest": nbest}
-        self.beam = BeamSearchDecoder(**self.beam_kwargs)
         self.device = device
         self.scorer = CausalLMScorer(lm, device=device)
 
     def config(self) -> dict:
         """Plain-value description, stored in the model's hyperparameters."""
-        beam = {k: v for k, v in self.beam_kwargs.items() if k != "nbest"}
-        return {"name": self.name, "lm": self.lm, "weight": self.weight,
-                "nbest": self.beam_kwargs["nbest"], "beam": beam, "device": self.device}
+        beam = {k: v for k, v in super().config().items() if k not in ("name", "nbest")}
+        return {"name": self.name, "lm": self.causal_lm, "weight": self.weight,
+                "nbest": self.nbest, "beam": beam, "device": self.device}
 
-    def __call__(self, log_probs: torch.Tensor, lengths: torch.Tensor,
-                 tokenizer: CTCTokenizer) -> list[Hypothesis]:
-        """Decodes a batch: (B, T, C), (B,) -> one hypothesis per line."""
-        array = log_probs.detach().float().cpu().numpy()
-        out = []
-        for b in range(array.shape[0]):
-            n = int(lengths[b])
-            entries = self.beam.search(array[b, :n], tokenizer.charset)
-            causal = self.scorer([e.text for e in entries])
-            best = max(zip(entries, causal), key=lambda ec: ec[0].score + self.weight * ec[1])[0]
-            out.append(Hypothesis(best.text, math.exp(best.ctc / n) if n else 0.0))
-        return out
+    def rerank(self, entries: list[BeamEntry]) -> BeamEntry:
+        """The entry with the best beam score + ``weight`` · causal-LM log-probability."""
+        causal = self.scorer([e.text for e in entries])
+        return max(zip(entries, causal), key=lambda ec: ec[0].score + self.weight * ec[1])[0]
