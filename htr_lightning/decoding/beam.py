@@ -128,6 +128,11 @@ class BeamSearchDecoder:
             if best != BLANK and best not in classes:
                 classes.append(best)
             blank = float(frame[BLANK])
+            if not classes:  # no symbol is plausible here: no prefix grows, none is dropped
+                beams = {prefix: [_logadd(p_blank, p_symbol) + blank,
+                                  p_symbol + float(frame[index[prefix[-1]]]) if prefix else NEG_INF]
+                         for prefix, (p_blank, p_symbol) in beams.items()}
+                continue
             nxt: dict[str, list[float]] = {}
             for prefix, (p_blank, p_symbol) in beams.items():
                 total = _logadd(p_blank, p_symbol)
