@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
@@ -129,6 +130,22 @@ def _page_coords(element: ET.Element, tag: str) -> np.ndarray | None:
     return None
 
 
+def _text_lines(
+    tree: ET.Element, id_attr: str, xml_path: Path, report: SkipReport
+) -> Iterator[tuple[str, str, ET.Element]]:
+    """Each ``TextLine`` under ``tree`` in document order as (id, where, element); a line whose
+    id repeats an earlier one is reported and skipped (PAGE says ``id``, ALTO ``ID``)."""
+    seen: set[str] = set()
+    for number, element in enumerate(e for e in tree.iter() if _local(e.tag) == "TextLine"):
+        line_id = element.get(id_attr) or f"line{number}"
+        where = f"{xml_path} line {line_id}"
+        if line_id in seen:
+            report.add(DUPLICATE_ID, where)
+            continue
+        seen.add(line_id)
+        yield line_id, where, element
+
+
 def _parse_page(
     xml_path: Path, page_id: str, root: Path, allow_outside_root: bool, report: SkipReport
 ) -> _Page | None:
@@ -146,14 +163,7 @@ def _parse_page(
     if image is None:
         return None
     lines: list[_Line] = []
-    seen: set[str] = set()
-    for number, element in enumerate(e for e in page.iter() if _local(e.tag) == "TextLine"):
-        line_id = element.get("id") or f"line{number}"
-        where = f"{xml_path} line {line_id}"
-        if line_id in seen:
-            report.add(DUPLICATE_ID, where)
-            continue
-        seen.add(line_id)
+    for line_id, where, element in _text_lines(page, "id", xml_path, report):
         own = _page_text(element)
         text = _clean(own if own is not None else _page_words_text(element), where, report)
         if text is not None:
@@ -191,14 +201,7 @@ def _parse_alto(
     page = next((e for e in document.iter() if _local(e.tag) == "Page"), None)
     declared = None if page is None else _declared_size(page.get("WIDTH"), page.get("HEIGHT"))
     lines: list[_Line] = []
-    seen: set[str] = set()
-    for number, element in enumerate(e for e in document.iter() if _local(e.tag) == "TextLine"):
-        line_id = element.get("ID") or f"line{number}"
-        where = f"{xml_path} line {line_id}"
-        if line_id in seen:
-            report.add(DUPLICATE_ID, where)
-            continue
-        seen.add(line_id)
+    for line_id, where, element in _text_lines(document, "ID", xml_path, report):
         parts: list[str] = []
         for child in element:
             if _local(child.tag) == "String":
