@@ -47,16 +47,19 @@ class CTCSystem(pl.LightningModule):
             (halve when ``val_cer`` stalls) or "constant".
         warmup: Fraction of the planned steps spent warming up ("onecycle").
         decoder: Decoder name or config dict (see :mod:`htr_lightning.decoding`).
+        fixed_width: Canvas width for :meth:`transcribe` (lines are placed on a ``height ×
+            fixed_width`` canvas, as the data's ``fixed_width`` does for training); None keeps
+            each line's own width.
     """
 
     def __init__(self, charset: str, height: int = 64, lr: float = 1e-3, weight_decay: float = 1e-2,
                  scheduler: str = "onecycle", warmup: float = 0.1,
-                 decoder: str | dict = "greedy") -> None:
+                 decoder: str | dict = "greedy", fixed_width: int | None = None) -> None:
         super().__init__()
         if scheduler not in ("onecycle", "plateau", "constant"):
             raise ValueError(f"scheduler must be onecycle, plateau or constant, not {scheduler!r}")
         self.tokenizer = CTCTokenizer(charset)
-        self.preprocess = LinePreprocessor(height=height)
+        self.preprocess = LinePreprocessor(height=height, fixed_width=fixed_width)
         self.decoder = build_decoder(decoder)
         self.metrics = nn.ModuleDict({
             f"{stage}_{unit[0]}er": ErrorRate(unit)
@@ -128,11 +131,20 @@ class CTCSystem(pl.LightningModule):
         ctc = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
         return {} if ctc is None else {"loss": ctc}
 
+    def training_forward(self, batch: dict) -> tuple:
+        """The network outputs that :meth:`training_losses` receives after the batch.
+
+        ``(log_probs, lengths)`` here; a system whose network has training-only outputs (a CTC
+        shortcut, features for an auxiliary loss) returns them after these two, from the same
+        forward pass.
+        """
+        return self(batch["images"], batch["widths"])
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         """Optimises ``training_losses``; logs each term as ``train_<term>``."""
         if not batch["texts"]:
             return None
-        losses = self.training_losses(batch, *self(batch["images"], batch["widths"]))
+        losses = self.training_losses(batch, *self.training_forward(batch))
         for name, value in losses.items():
             self.log(f"train_{name}", value, prog_bar=name == "loss", batch_size=len(batch["texts"]))
         return losses.get("loss")
@@ -200,9 +212,10 @@ class CTCSystem(pl.LightningModule):
 
     # ---------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        """AdamW with the scheduler named by ``scheduler``."""
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr,
-                                weight_decay=self.hparams.weight_decay)
+        """AdamW over the parameters that require gradients, with the scheduler named by
+        ``scheduler``."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler == "constant":
             return opt
         if self.hparams.scheduler == "plateau":

@@ -151,9 +151,15 @@ class MaskedBiLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.layer_outputs(x, lengths)[-1]
+
+    def layer_outputs(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every layer, first to last: each (B, T, 2·hidden)."""
+        outputs = []
         for i, (fwd, bwd) in enumerate(zip(self.forward_layers, self.backward_layers)):
             if i:
                 x = self.dropout(x)
             back = reverse_valid(bwd(reverse_valid(x, lengths))[0], lengths)
             x = torch.cat([fwd(x)[0], back], dim=-1)
-        return x
+            outputs.append(x)
+        return outputs
