@@ -1,8 +1,8 @@
 """The ``htr-lightning`` command: LightningCLI over our systems and :class:`HTRDataModule`.
 
 ``htr-lightning fit|validate|test|predict --config configs/experiment/<name>.yaml``. The model
-gets the charset and input height from the data section through ``link_arguments``, so a
-config names them once.
+gets the charset, input height and canvas width from the data section through
+``link_arguments``, so a config names them once.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ class HTRLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.charset", "model.init_args.charset", apply_on="instantiate")
         parser.link_arguments("data.height", "model.init_args.height", apply_on="parse")
+        # Models with a fixed canvas (best practices: 128×1024) read lines as the data does;
+        # jsonargparse skips the link for models without a ``fixed_width`` argument.
+        parser.link_arguments("data.fixed_width", "model.init_args.fixed_width", apply_on="parse")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": "val_cer",
