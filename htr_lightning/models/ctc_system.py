@@ -162,6 +162,20 @@ class CTCSystem(pl.LightningModule):
             self.log(f"train_{name}", value, prog_bar=name == "loss", batch_size=len(batch["texts"]))
         return losses.get("loss")
 
+    examples_logged = 4
+    """Validation lines shown in TensorBoard (image, reference, prediction) at each validation."""
+
+    def _log_examples(self, batch: dict, hyps: list[Hypothesis]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
+            return
+        for i in range(min(self.examples_logged, len(hyps))):
+            width = int(batch["widths"][i])
+            image = 1.0 - batch["images"][i, :, :, :width].float().clamp(0, 1)  # dark ink
+            experiment.add_image(f"val_examples/{i}", image.cpu(), self.global_step)
+            experiment.add_text(f"val_examples/{i}", f"reference: `{batch['texts'][i]}`  \n"
+                                f"prediction: `{hyps[i].text}`", self.global_step)
+
     def _eval_step(self, batch: dict, stage: str) -> list[Hypothesis]:
         if not batch["texts"]:
             return []
@@ -179,8 +193,11 @@ class CTCSystem(pl.LightningModule):
         return hyps
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``)."""
-        self._eval_step(batch, "val")
+        """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``); the first
+        batch's first lines are logged as images with their texts (TensorBoard)."""
+        hyps = self._eval_step(batch, "val")
+        if batch_idx == 0 and self.global_rank == 0:
+            self._log_examples(batch, hyps)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """As validation, logged as ``test_cer`` / ``test_wer``."""
