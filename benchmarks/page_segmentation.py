@@ -8,6 +8,8 @@ so a missed, merged or split line costs what it costs a reader of the page.
 
     .venv/bin/python benchmarks/page_segmentation.py --ckpt_path checkpoints/teacher_hooker/best.ckpt \\
         --root ../shared/data/hooker --split test
+
+Without ``--ckpt_path`` it only counts the lines found against the XML's, page by page.
 """
 
 from __future__ import annotations
@@ -18,25 +20,45 @@ from pathlib import Path
 
 import editdistance
 import torch
+from PIL import Image
 
 from htr_lightning.data.readers.pagexml import read_page_file
+from htr_lightning.inference.segment import split_lines
 from htr_lightning.models import load_system
 from htr_lightning.text import normalize_text
+
+
+def count_lines(root: Path, ids: list[str]) -> None:
+    """Prints, per page, the XML's line count and the segmenter's, then the totals."""
+    expected = found = off = 0
+    start = time.perf_counter()
+    for page_id in ids:
+        n_xml = len(read_page_file(root / "pages" / f"{page_id}.xml"))
+        with Image.open(root / "pages" / f"{page_id}.jpg") as image:
+            n_found = len(split_lines(image))
+        print(f"{page_id:28} XML {n_xml:3d}  found {n_found:3d}")
+        expected, found, off = expected + n_xml, found + n_found, off + abs(n_found - n_xml)
+    seconds = time.perf_counter() - start
+    print(f"{len(ids)} pages: {expected} XML lines, {found} found, {off} off in total "
+          f"(sum of |found - XML| per page); {seconds / len(ids):.2f} s/page")
 
 
 def main() -> None:
     """Prints per-split page CER for segmented pages and for XML crops, and pages/s."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--ckpt_path", help="trained model (omit to count lines only)")
     parser.add_argument("--root", default="../shared/data/hooker")
     parser.add_argument("--split", default="test")
     parser.add_argument("--pages", type=int, default=None, help="first N pages only")
     args = parser.parse_args()
 
-    model = load_system(args.ckpt_path).eval()
     root = Path(args.root)
     ids = [line.strip() for line in (root / f"{args.split}.lst").read_text().splitlines()
            if line.strip()][: args.pages]
+    if args.ckpt_path is None:
+        count_lines(root, ids)
+        return
+    model = load_system(args.ckpt_path).eval()
     totals = {"segmented": 0, "xml crops": 0}
     reference_chars, found, expected, seconds = 0, 0, 0, 0.0
     with torch.inference_mode():
