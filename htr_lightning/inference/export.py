@@ -62,7 +62,8 @@ def export_metadata(system: CTCSystem) -> dict:
     try:
         hparams = json.loads(json.dumps(hparams))  # tuples -> lists; fails on non-plain values
     except TypeError as err:
-        raise TypeError(f"{cls.__name__} has a hyperparameter that is not a plain value: {err}") from None
+        raise TypeError(f"{cls.__name__} has a hyperparameter that is not a plain value: "
+                        f"{err}") from None
     pre = system.preprocess
     return {
         "format": FORMAT,
@@ -125,7 +126,8 @@ def onnx_max_difference(system: CTCSystem, path: str | Path,
             ref, ref_lengths = system(images, widths)
             got, lengths = session.run(list(OUTPUTS), {"images": images.cpu().numpy(),
                                                        "widths": widths.cpu().numpy()})
-            if got.shape != tuple(ref.shape) or not np.array_equal(lengths, ref_lengths.cpu().numpy()):
+            same_lengths = np.array_equal(lengths, ref_lengths.cpu().numpy())
+            if got.shape != tuple(ref.shape) or not same_lengths:
                 raise RuntimeError(f"{path}: onnxruntime gives log_probs {got.shape} with lengths "
                                    f"{lengths.tolist()}, PyTorch {tuple(ref.shape)} with "
                                    f"{ref_lengths.tolist()}")

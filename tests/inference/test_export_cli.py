@@ -16,7 +16,8 @@ def checkpoint(tmp_path):
     model = tiny_system(StudentSystem)
     path = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": model.state_dict(),
-                "hyper_parameters": {**model.hparams, "_class_path": "htr_lightning.models.StudentSystem",
+                "hyper_parameters": {**model.hparams,
+                                     "_class_path": "htr_lightning.models.StudentSystem",
                                      "_instantiator": "lightning.pytorch.cli.instantiate_module"},
                 "pytorch-lightning_version": lightning.__version__}, path)
     return path
@@ -55,7 +56,8 @@ def _error(args, capsys) -> str:
 
 def test_export_command_explains_bad_input(tmp_path, capsys, checkpoint):
     missing = tmp_path / "nowhere.ckpt"
-    assert f"checkpoint not found: {missing}" in _error(["--ckpt_path", str(missing), "--output", "m.onnx"], capsys)
+    assert f"checkpoint not found: {missing}" in _error(
+        ["--ckpt_path", str(missing), "--output", "m.onnx"], capsys)
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint\n")
     assert "notes.ckpt is not a PyTorch checkpoint" in _error(

@@ -43,10 +43,12 @@ def test_runtime_decodes_with_the_exported_decoder(exported, tmp_path):
     lines = line_images()
     model.set_decoder({"name": "beam", "beam_size": 4})
     try:
-        assert [h.text for h in runtime.transcribe(lines)] == [h.text for h in model.transcribe(lines)]
+        expected = [h.text for h in model.transcribe(lines)]
+        assert [h.text for h in runtime.transcribe(lines)] == expected
     finally:
         model.set_decoder("greedy")
-    assert OnnxRecognizer(tmp_path / "beam.onnx", decoder="greedy").decoder.config() == {"name": "greedy"}
+    greedy = OnnxRecognizer(tmp_path / "beam.onnx", decoder="greedy")
+    assert greedy.decoder.config() == {"name": "greedy"}
 
 
 def test_runtime_needs_its_sidecar(exported, tmp_path):
@@ -62,10 +64,9 @@ def test_runtime_imports_neither_lightning_nor_transformers():
     code = (
         "import sys\n"
         "import htr_lightning.inference.runtime\n"
-        "heavy = sorted(m for m in sys.modules\n"
-        "               if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'lightning_fabric',\n"
-        "                                      'transformers', 'torchmetrics'))\n"
-        "print(heavy)\n"
+        "heavy = ('lightning', 'pytorch_lightning', 'lightning_fabric', 'transformers',\n"
+        "         'torchmetrics')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
