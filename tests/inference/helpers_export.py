@@ -21,12 +21,12 @@ def tiny_system(cls=TeacherSystem, **overrides):
 
 
 def line_images(n: int = 6, seed: int = 0) -> list[Image.Image]:
-    """Generated "lines": dark specks on light paper of growing size, in L and RGB modes, one
-    light-on-dark and one narrower than the preprocessing's minimum width."""
+    """Generated "lines": dark specks on light paper of growing size (each at least twice as
+    wide as high, as lines are), in L and RGB modes, one light-on-dark."""
     rng = np.random.default_rng(seed)
     images = []
     for i in range(n):
-        h, w = 30 + 7 * i, 10 if i == 1 else 60 + 45 * i
+        h, w = 30 + 7 * i, 60 + 45 * i
         arr = (255 - (rng.random((h, w)) < 0.15) * 200).astype(np.uint8)
         if i == 2:
             arr = 255 - arr
