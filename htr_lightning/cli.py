@@ -2,7 +2,8 @@
 
 ``htr-lightning fit|validate|test|predict --config configs/experiment/<name>.yaml``. The model
 gets the charset and input height from the data section through ``link_arguments``, so a
-config names them once.
+config names them once. ``htr-lightning export --ckpt_path ... --format onnx|safetensors
+--output ...`` writes a standalone model (:mod:`htr_lightning.inference.export`).
 """
 
 from __future__ import annotations
@@ -134,9 +135,19 @@ def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
     )
 
 
-def main() -> None:
-    """Entry point of ``htr-lightning`` (exit status 0 on success)."""
-    cli_main()
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``htr-lightning`` (exit status 0 on success).
+
+    ``htr-lightning export ...`` goes to :func:`htr_lightning.inference.export.main` (checkpoint
+    to ONNX or safetensors); everything else to the LightningCLI.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:
+        from htr_lightning.inference.export import main as export_main
+
+        export_main(argv[1:])
+        return
+    cli_main(args)
 
 
 if __name__ == "__main__":
