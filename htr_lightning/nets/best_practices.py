@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from htr_lightning.nets.blocks import MaskedBiLSTM
+from htr_lightning.nets.blocks import MaskedBiLSTM, exporting
 from htr_lightning.nets.mobilevit import MobileViTBlock
 
 # The configuration of the paper's released code (2022, ``config.py``: 2×64, M, 4×128, M,
@@ -165,7 +165,9 @@ class BestPracticesCRNN(nn.Module):
         if widths is None:
             widths = torch.full((b,), w, dtype=torch.long, device=images.device)
         widths = widths.to(images.device)
-        padded = bool((widths < w).any())  # the masks cost time; skip them when nothing is padded
+        # The masks cost time, so eager mode skips them when nothing is padded; an exported
+        # graph cannot branch on its input's values and always carries them (see GatedCRNN).
+        padded = exporting() or bool((widths < w).any())
         stage_widths = self._widths_per_stage(widths)  # after the stem, then after each block
 
         def masked(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -111,14 +111,28 @@ class SinusoidalPositionalEncoding(nn.Module):
         return x + self.table[: x.shape[1]].to(x.dtype)
 
 
-class SelfAttentionBlock(nn.Module):
-    """Multi-head self-attention with residual connection and LayerNorm.
+def self_attention(attn: nn.MultiheadAttention, x: torch.Tensor, padding: torch.Tensor | None
+                   ) -> torch.Tensor:
+    """Multi-head self-attention with the parameters of ``attn`` (a batch-first
+    ``nn.MultiheadAttention``), computed with ``scaled_dot_product_attention``: the same
+    computation ``nn.MultiheadAttention`` makes when no weights are asked for (identical in
+    training, within 5e-7 of its eval fast path). Traced for ONNX, its Python path froze the
+    sequence length into a Reshape, so the exported model failed on lines of any other width.
 
-    The parameters are those of ``nn.MultiheadAttention`` (same state-dict names), but the
-    attention is computed here with ``scaled_dot_product_attention``, the same computation
-    ``nn.MultiheadAttention`` makes when no weights are asked for (identical in training, within
-    5e-7 of its eval fast path): traced for ONNX, its Python path froze the sequence length
-    into a Reshape, so the exported model failed on lines of any other width.
+    Shapes: x (B, T, D), padding (B, T) True where padded, or None -> (B, T, D).
+    """
+    qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # (B, T, 3·D)
+    qkv = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # each (B, heads, T, D/heads)
+    keep = None if padding is None else ~padding[:, None, None, :]  # keys that may be attended to
+    out = nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=keep, dropout_p=attn.dropout if attn.training else 0.0)
+    return attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, T, D)
+
+
+class SelfAttentionBlock(nn.Module):
+    """Multi-head self-attention (:func:`self_attention`, with the parameters and state-dict
+    names of ``nn.MultiheadAttention``), residual connection and LayerNorm.
 
     Shapes: x (B, T, D), padding (B, T) True where padded -> (B, T, D).
     """
@@ -129,15 +143,7 @@ class SelfAttentionBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        attn = self.attn
-        qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # (B, T, 3·D)
-        qkv = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, T, D/heads)
-        keep = ~padding[:, None, None, :]  # (B, 1, 1, T): keys that may be attended to
-        out = nn.functional.scaled_dot_product_attention(
-            q, k, v, attn_mask=keep, dropout_p=attn.dropout if self.training else 0.0)
-        out = attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, T, D)
-        return self.norm(x + out)
+        return self.norm(x + self_attention(self.attn, x, padding))
 
 
 def reverse_valid(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,37 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from htr_lightning.nets.blocks import self_attention
+
 
 def conv_bn_silu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
     """Convolution (no bias) -> BatchNorm -> SiLU, "same" padding. (B, C_in, H, W) -> (B, C_out, H, W)."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels), nn.SiLU())
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer: x + attention(LN(x)), then x + feed-forward(LN(x)).
+
+    Written out rather than taken from ``nn.TransformerEncoderLayer``, whose attention, traced
+    for ONNX, freezes the sequence length (see :func:`~htr_lightning.nets.blocks.self_attention`).
+
+    Shapes: x (N, L, D), padding (N, L) True where padded, or None -> (N, L, D).
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * dim, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.dropout(self_attention(self.attn, self.norm1(x), padding))
+        return x + self.dropout(self.ffn(self.norm2(x)))
 
 
 class MobileViTBlock(nn.Module):
@@ -44,11 +69,8 @@ class MobileViTBlock(nn.Module):
         self.patch = patch
         self.local = nn.Sequential(conv_bn_silu(channels, channels, 3),
                                    nn.Conv2d(channels, dim, 1, bias=False))
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
-        # Nested tensors do not support pre-norm layers; saying so avoids torch's warning.
-        self.transformer = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(dim),
-                                                 enable_nested_tensor=False)
+        self.transformer = nn.ModuleList(TransformerLayer(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
         self.project = conv_bn_silu(dim, channels, 1)
         self.fuse = conv_bn_silu(2 * channels, channels, 3)
 
@@ -72,7 +94,9 @@ class MobileViTBlock(nn.Module):
             padding = padding.reshape(b * p * p, hp * wp)
             # A sequence made only of padding influences no real pixel; unmasking it avoids NaNs.
             padding = padding & ~padding.all(dim=1, keepdim=True)
-        tokens = self.transformer(tokens, src_key_padding_mask=padding)
+        for layer in self.transformer:
+            tokens = layer(tokens, padding)
+        tokens = self.norm(tokens)
         y = tokens.reshape(b, p, p, hp, wp, d).permute(0, 5, 3, 1, 4, 2).reshape(b, d, h, w + pad)
         y = self.project(y[..., :w])
         if mask is not None:
