@@ -155,12 +155,20 @@ class BestPracticesCRNN(nn.Module):
             log_probs (B, T, num_classes) with T = W/8 for the paper's configuration, and
             lengths (B,) valid frames.
         """
-        outputs = self.forward_all(images, widths)
-        return outputs.log_probs, outputs.lengths
+        _, lengths, rnn_layers = self._encode(images, widths)
+        return self.head(rnn_layers[-1]).log_softmax(-1), lengths
 
     def forward_all(self, images: torch.Tensor, widths: torch.Tensor | None = None
                     ) -> BestPracticesOutputs:
         """The recurrent head, the CTC shortcut and every BiLSTM layer's output (for training)."""
+        columns, lengths, rnn_layers = self._encode(images, widths)
+        shortcut = self.shortcut(columns).transpose(1, 2).log_softmax(-1)  # (B, T, C)
+        return BestPracticesOutputs(self.head(rnn_layers[-1]).log_softmax(-1), lengths, shortcut,
+                                    rnn_layers)
+
+    def _encode(self, images: torch.Tensor, widths: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Pooled columns (B, C, T), lengths (B,) and each BiLSTM layer's (B, T, 2h) output."""
         b, _, _, w = images.shape
         if widths is None:
             widths = torch.full((b,), w, dtype=torch.long, device=images.device)
@@ -186,7 +194,4 @@ class BestPracticesCRNN(nn.Module):
         columns = x.amax(dim=2)  # column max-pool: (B, C, T), padding frames are 0
         t = columns.shape[-1]
         lengths = self.output_lengths(widths).clamp(min=1, max=t)
-        rnn_layers = self.lstm.layer_outputs(columns.transpose(1, 2), lengths)  # each (B, T, 2h)
-        log_probs = self.head(rnn_layers[-1]).log_softmax(-1)
-        shortcut = self.shortcut(columns).transpose(1, 2).log_softmax(-1)  # (B, T, C)
-        return BestPracticesOutputs(log_probs, lengths, shortcut, rnn_layers)
+        return columns, lengths, self.lstm.layer_outputs(columns.transpose(1, 2), lengths)

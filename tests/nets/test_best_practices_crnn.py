@@ -69,11 +69,15 @@ def test_padding_does_not_change_a_line(cnn_cfg):
                 torch.testing.assert_close(got[i, :n], want[0, :n], atol=1e-5, rtol=0)
 
 
-def test_forward_all_shapes():
-    out = BestPracticesCRNN(10, **TINY).forward_all(torch.rand(2, 1, 32, 64))
+def test_forward_all_shapes_and_forward_is_its_recurrent_head():
+    net = BestPracticesCRNN(10, **TINY).eval()
+    images = torch.rand(2, 1, 32, 64)
+    out = net.forward_all(images)
     assert out.log_probs.shape == out.shortcut_log_probs.shape == (2, 16, 10)
     assert [r.shape for r in out.rnn_layers] == [(2, 16, 8), (2, 16, 8)]
     assert out.lengths.tolist() == [16, 16]
+    log_probs, lengths = net(images)
+    assert torch.equal(log_probs, out.log_probs) and torch.equal(lengths, out.lengths)
 
 
 def test_seed004_layout_builds_at_the_paper_canvas():
