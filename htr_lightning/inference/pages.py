@@ -8,7 +8,7 @@ its lines in reading order, :class:`PredictLines` streams them to a DataLoader, 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from htr_lightning.data.batching import collate_lines
 from htr_lightning.data.readers.pagexml import read_page_file
 from htr_lightning.data.samples import BadSampleError, LineSample
 from htr_lightning.data.transforms import LinePreprocessor
+from htr_lightning.decoding.greedy import Hypothesis
 from htr_lightning.inference.segment import looks_like_page, split_lines
 
 log = logging.getLogger("htr_lightning.inference")
@@ -170,11 +171,82 @@ class PageAssembler:
         return list(self._pending)
 
 
-def lines_to_batch(lines: Sequence[SourceLine], preprocess: LinePreprocessor) -> dict:
+def lines_to_batch(lines: Sequence[SourceLine], preprocess: LinePreprocessor,
+                   width_multiple: int = 32) -> dict:
     """Preprocesses lines into one batch (the training contract)."""
     items = []
     for line in lines:
         tensor, width = preprocess(line.image)
         items.append({"image": tensor, "width": width, "text": "",
                       "id": f"{line.source}#{line.index}"})
-    return collate_lines(items)
+    return collate_lines(items, pad_to=width_multiple)
+
+
+@dataclass(frozen=True)
+class LineTranscription(Hypothesis):
+    """One line of a :class:`Transcription`.
+
+    Attributes:
+        box: (left, top, right, bottom) of the line in the (deskewed) image, or None.
+    """
+
+    box: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Transcription(Hypothesis):
+    """The transcription of one input (line, paragraph, page or PAGE-XML file).
+
+    Attributes:
+        text: The lines' texts joined by newlines.
+        confidence: Mean of the lines' confidences.
+        lines: Each line in reading order.
+    """
+
+    lines: tuple[LineTranscription, ...] = ()
+
+
+def transcribe_sources(
+    sources: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+    recognise: Callable[[dict], list[Hypothesis]],
+    preprocess: LinePreprocessor,
+    segment: str = "auto",
+    batch_size: int = 16,
+    width_multiple: int = 32,
+) -> Transcription | list[Transcription]:
+    """Splits inputs into lines, recognises them in batches and puts each input back together;
+    shared by :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` and the
+    ONNX runtime.
+
+    Args:
+        sources: A path or PIL image, or a list of them.
+        recognise: Batch (the training contract) -> one hypothesis per line.
+        preprocess: The model's preprocessing.
+        segment: One of :data:`SEGMENT_MODES`.
+        batch_size: Lines per batch.
+        width_multiple: Batch width rounding (as in training).
+
+    Returns:
+        One :class:`Transcription` for a single input, else a list in input order.
+    """
+    single = isinstance(sources, (str, Path, Image.Image))
+    items = [sources] if single else list(sources)
+    names = [f"<image {i}>" if isinstance(item, Image.Image) else str(item)
+             for i, item in enumerate(items)]
+    lines = [line for item, name in zip(items, names) for line in source_lines(item, segment, name)]
+    hyps: list[Hypothesis] = []
+    for start in range(0, len(lines), batch_size):
+        hyps += recognise(lines_to_batch(lines[start : start + batch_size], preprocess,
+                                         width_multiple))
+    assembler, results = PageAssembler(), {}
+    for line, hyp in zip(lines, hyps):
+        done = assembler.add({"source": line.source, "index": line.index, "count": line.count,
+                              "box": line.box, "text": hyp.text, "confidence": hyp.confidence})
+        if done is not None:
+            results[done["id"]] = done
+    out = []
+    for name in names:
+        done = results.get(name) or {"text": "", "confidence": 0.0, "lines": []}
+        out.append(Transcription(done["text"], done["confidence"], tuple(
+            LineTranscription(x["text"], x["confidence"], x["box"]) for x in done["lines"])))
+    return out[0] if single else out

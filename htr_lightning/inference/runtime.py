@@ -3,8 +3,8 @@
 An export (:mod:`htr_lightning.inference.export`) writes ``model.onnx`` and, beside it,
 ``model.json`` (the *sidecar*): the charset, the preprocessing and the decoder. The runtime
 preprocesses images with the training code's :class:`~htr_lightning.data.LinePreprocessor`,
-batches them with :func:`~htr_lightning.data.collate_lines`, runs the network in onnxruntime
-and decodes with :mod:`htr_lightning.decoding`, so it gives the texts ``model.transcribe`` gives.
+splits pages and batches lines as training does (:mod:`htr_lightning.inference.pages`), runs
+the network in onnxruntime and decodes with :mod:`htr_lightning.decoding`, so it gives the texts ``model.transcribe`` gives.
 
 Example:
     >>> recognizer = OnnxRecognizer("model.onnx")  # doctest: +SKIP
@@ -23,9 +23,9 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from htr_lightning.data.batching import collate_lines
 from htr_lightning.data.transforms import LinePreprocessor
-from htr_lightning.decoding import Hypothesis, build_decoder
+from htr_lightning.decoding import build_decoder
+from htr_lightning.inference.pages import Transcription, transcribe_sources
 from htr_lightning.text import CTCTokenizer
 
 FORMAT = "htr_lightning-export"
@@ -117,27 +117,22 @@ class OnnxRecognizer:
         return torch.from_numpy(log_probs), torch.from_numpy(lengths)
 
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   batch_size: int = 16) -> Hypothesis | list[Hypothesis]:
-        """Transcribes line images.
+                   segment: str = "auto", batch_size: int = 16
+                   ) -> Transcription | list[Transcription]:
+        """Transcribes line, paragraph or page images (or PAGE-XML files), as
+        :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` does (shared
+        code: :func:`~htr_lightning.inference.pages.transcribe_sources`).
 
         Args:
             images: A path or PIL image, or a list of them.
+            segment: One of :data:`~htr_lightning.inference.pages.SEGMENT_MODES`.
             batch_size: Lines per forward pass.
 
         Returns:
-            One :class:`~htr_lightning.decoding.Hypothesis` for a single input, else a list in
-            input order.
+            One :class:`~htr_lightning.inference.pages.Transcription` for a single input, else
+            a list in input order.
         """
-        single = isinstance(images, (str, Path, Image.Image))
-        items = [images] if single else list(images)
-        out: list[Hypothesis] = []
-        for start in range(0, len(items), batch_size):
-            batch = []
-            for item in items[start : start + batch_size]:
-                image = item if isinstance(item, Image.Image) else Image.open(item)
-                tensor, width = self.preprocess(image)
-                batch.append({"image": tensor, "width": width, "text": "", "id": str(item)})
-            collated = collate_lines(batch, pad_to=self.width_multiple)
-            out += self.decoder(*self.forward(collated["images"], collated["widths"]),
-                                self.tokenizer)
-        return out[0] if single else out
+        return transcribe_sources(
+            images, lambda batch: self.decoder(*self.forward(batch["images"], batch["widths"]),
+                                               self.tokenizer),
+            self.preprocess, segment, batch_size, self.width_multiple)

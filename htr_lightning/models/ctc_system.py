@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,7 +14,7 @@ from torch import nn
 
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
-from htr_lightning.inference.pages import PageAssembler, lines_to_batch, source_lines
+from htr_lightning.inference.pages import Transcription, transcribe_sources
 from htr_lightning.metrics import ErrorRate
 from htr_lightning.text import CTCTokenizer
 
@@ -30,30 +29,6 @@ def ctc_feasible(frames: torch.Tensor, targets: Sequence[Sequence[int]]) -> torc
     """
     need = [len(t) + sum(a == b for a, b in zip(t, t[1:])) for t in targets]
     return frames.cpu() >= torch.tensor(need, dtype=torch.long)
-
-
-@dataclass(frozen=True)
-class LineTranscription(Hypothesis):
-    """One line of a :class:`Transcription`.
-
-    Attributes:
-        box: (left, top, right, bottom) of the line in the (deskewed) image, or None.
-    """
-
-    box: tuple[int, int, int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Transcription(Hypothesis):
-    """The result of :meth:`CTCSystem.transcribe` for one input.
-
-    Attributes:
-        text: The lines' texts joined by newlines.
-        confidence: Mean of the lines' confidences.
-        lines: Each line in reading order.
-    """
-
-    lines: tuple[LineTranscription, ...] = ()
 
 
 class CTCSystem(pl.LightningModule):
@@ -250,31 +225,15 @@ class CTCSystem(pl.LightningModule):
         Raises:
             BadSampleError: naming the file, when an input cannot be read.
         """
-        single = isinstance(images, (str, Path, Image.Image))
-        items = [images] if single else list(images)
-        names = [f"<image {i}>" if isinstance(item, Image.Image) else str(item)
-                 for i, item in enumerate(items)]
-        lines = [line for item, name in zip(items, names)
-                 for line in source_lines(item, segment, name)]
         was_training = self.training
         self.eval()
-        hyps: list[Hypothesis] = []
-        for start in range(0, len(lines), batch_size):
-            batch = lines_to_batch(lines[start : start + batch_size], self.preprocess)
-            hyps += self.decode(*self(batch["images"].to(self.device), batch["widths"]))
-        self.train(was_training)
-        assembler, results = PageAssembler(), {}
-        for line, hyp in zip(lines, hyps):
-            done = assembler.add({"source": line.source, "index": line.index, "count": line.count,
-                                  "box": line.box, "text": hyp.text, "confidence": hyp.confidence})
-            if done is not None:
-                results[done["id"]] = done
-        out = []
-        for name in names:
-            done = results.get(name) or {"text": "", "confidence": 0.0, "lines": []}
-            out.append(Transcription(done["text"], done["confidence"], tuple(
-                LineTranscription(x["text"], x["confidence"], x["box"]) for x in done["lines"])))
-        return out[0] if single else out
+        try:
+            return transcribe_sources(
+                images, lambda batch: self.decode(*self(batch["images"].to(self.device),
+                                                        batch["widths"])),
+                self.preprocess, segment, batch_size)
+        finally:
+            self.train(was_training)
 
     # ---------------------------------------------------------------------- optimiser
     def configure_optimizers(self):

@@ -6,6 +6,7 @@ import sys
 import pytest
 from helpers_export import line_images, tiny_system
 
+from htr_lightning.data.synthetic import SyntheticLines, compose_page
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.export import export_onnx
 from htr_lightning.inference.runtime import OnnxRecognizer, sidecar_path
@@ -30,6 +31,18 @@ def test_runtime_transcribes_like_the_model(exported, tmp_path):
     assert [h.confidence for h in got] == pytest.approx([h.confidence for h in ref], abs=1e-4)
     single = runtime.transcribe(str(tmp_path / "line.png"))
     assert isinstance(single, Hypothesis) and single.text == ref[0].text
+
+
+def test_runtime_splits_pages_like_the_model(exported):
+    model, path = exported
+    lines = [s.load() for s in SyntheticLines(5, split="test", seed=0, max_words=3)]
+    page, _ = compose_page(lines, [15, 25, 20, 18], angle=1.0)
+    assert page.width <= 1.5 * page.height  # "auto" splits it
+    got = OnnxRecognizer(path, threads=1).transcribe(page)
+    ref = model.transcribe(page)
+    assert len(got.lines) == len(ref.lines) >= 2
+    assert [x.text for x in got.lines] == [x.text for x in ref.lines]
+    assert [x.box for x in got.lines] == [x.box for x in ref.lines]
 
 
 def test_runtime_decodes_with_the_exported_decoder(exported, tmp_path):
