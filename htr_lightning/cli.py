@@ -2,7 +2,9 @@
 
 ``htr-lightning fit|validate|test|predict --config configs/experiment/<name>.yaml``. The model
 gets the charset and input height from the data section through ``link_arguments``, so a
-config names them once.
+config names them once. Any system of :mod:`htr_lightning.models` can be the model (the CTC
+systems and :class:`~htr_lightning.models.trocr.TrOCRSystem`); each takes ``charset`` and
+``height`` init arguments.
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from htr_lightning.data.datamodule import HTRDataModule
-from htr_lightning.models.ctc_system import CTCSystem
 
 
 class TranscriptionWriter(BasePredictionWriter):
@@ -91,7 +93,7 @@ def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     return HTRLightningCLI(
-        CTCSystem,
+        LightningModule,
         HTRDataModule,
         subclass_mode_model=True,
         args=args,
