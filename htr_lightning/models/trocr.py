@@ -58,6 +58,14 @@ LORA_DEFAULTS: dict = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
 """LoRA settings used where ``lora`` does not give them: the attention projections of every
 decoder layer (self- and cross-attention), rank 8."""
 
+# name -> (role, why the tokenizer must have it, what a different declared id would do)
+_SPECIAL_ROLES = {
+    "pad_token_id": ("pad", "generate could not fill the lines that finish first",
+                     "generate would fill finished lines with a real token"),
+    "eos_token_id": ("end-of-sequence", "labels need one to teach where a line ends",
+                     "generate would not stop where the labels end"),
+}
+
 # PIL resampling codes (what image processors store) -> torch.nn.functional.interpolate modes.
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
@@ -133,19 +141,14 @@ def resolve_token_settings(model: VisionEncoderDecoderModel, tokenizer,
                          "break the loss; use the tokenizer saved with this checkpoint")
 
     resolved: dict[str, int] = {}
-    for name in ("pad_token_id", "eos_token_id"):
+    for name, (role, if_missing, if_different) in _SPECIAL_ROLES.items():
         own = getattr(tokenizer, name)
         if own is None:
-            role = "pad" if name == "pad_token_id" else "end-of-sequence"
-            raise ValueError(f"the tokenizer has no {role} token ({name} is None): "
-                             f"{'generate cannot fill finished lines' if role == 'pad' else 'labels need one to teach where a line ends'}")
+            raise ValueError(f"the tokenizer has no {role} token ({name} is None): {if_missing}")
         for source, value in _declared(model, name).items():
-            ok = own in value if isinstance(value, (list, tuple)) else value == own
-            if not ok:
-                raise ValueError(
-                    f"{name}={value} ({source}) differs from the tokenizer's {name}={own} "
-                    f"({tokenizer.convert_ids_to_tokens(own)!r}): generation would "
-                    f"{'pad finished lines with a real token' if name == 'pad_token_id' else 'not stop where the labels end'}")
+            if not (own in value if isinstance(value, (list, tuple)) else value == own):
+                raise ValueError(f"{name}={value} ({source}) differs from the tokenizer's {name}={own} "
+                                 f"({tokenizer.convert_ids_to_tokens(own)!r}): {if_different}")
         resolved[name] = own
 
     start = _declared(model, "decoder_start_token_id")
@@ -184,7 +187,8 @@ def resolve_token_settings(model: VisionEncoderDecoderModel, tokenizer,
                              bos_token_id=tokenizer.bos_token_id, vocab_size=vocab)
     for name in ("decoder_start_token_id", "pad_token_id", "eos_token_id"):
         if not 0 <= getattr(settings, name) < vocab:
-            raise ValueError(f"{name}={getattr(settings, name)} is outside the vocabulary (0..{vocab - 1})")
+            raise ValueError(f"{name}={getattr(settings, name)} is outside the vocabulary "
+                             f"(0..{vocab - 1})")
     return settings
 
 
@@ -301,16 +305,17 @@ class TrOCRSystem(pl.LightningModule):
         self._check_charset(charset)
 
         if lora is not None:
-            from peft import LoraConfig, get_peft_model
+            from peft import LoraConfig, get_peft_model  # only when used: its import takes seconds
 
-            self.model.decoder = get_peft_model(self.model.decoder, LoraConfig(**{**LORA_DEFAULTS, **lora}))
+            config = LoraConfig(**{**LORA_DEFAULTS, **lora})
+            self.model.decoder = get_peft_model(self.model.decoder, config)
         self._select_trainable()
         if gradient_checkpointing:
             # Non-reentrant checkpointing also gives gradients when the layers' inputs need none
             # (frozen embeddings, LoRA); the reentrant kind would silently train nothing there.
             enable = getattr(self.model, "activation_checkpointing_enable", None)
             kwargs = {"use_reentrant": False}
-            if enable is not None:
+            if enable is not None:  # transformers >= 5; gradient_checkpointing_enable before
                 enable(activation_checkpointing_kwargs=kwargs)
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
@@ -359,16 +364,18 @@ class TrOCRSystem(pl.LightningModule):
             raise ValueError(f"{type(ip).__name__} does not resize to a fixed height × width "
                              f"(size={size}); TrOCRSystem needs one (ViT/DeiT/BEiT processors do)")
         self.image_size = (int(size["height"]), int(size["width"]))
-        resample = int(getattr(ip, "resample", 2))
+        resample = getattr(ip, "resample", None)
+        resample = 2 if resample is None else int(resample)  # PIL code; 2 = bilinear
         if resample not in _RESAMPLE:
-            log.warning("image processor resampling %d has no torch equivalent; using bilinear", resample)
+            log.warning("image processor resampling %d has no torch equivalent; using bilinear",
+                        resample)
         self.resample = _RESAMPLE.get(resample, "bilinear")
         # pixel = value in 0..255 * rescale_factor, then (pixel - mean) / std per channel.
         scale = 255.0 * float(ip.rescale_factor) if getattr(ip, "do_rescale", True) else 255.0
-        mean = torch.tensor(ip.image_mean if getattr(ip, "do_normalize", True) else [0.0] * 3)
-        std = torch.tensor(ip.image_std if getattr(ip, "do_normalize", True) else [1.0] * 3)
+        normalize = getattr(ip, "do_normalize", True)
         channels = int(getattr(self.model.config.encoder, "num_channels", 3))
-        mean, std = mean.expand(channels) if mean.numel() == 1 else mean, std.expand(channels) if std.numel() == 1 else std
+        mean = torch.tensor(ip.image_mean if normalize else 0.0).float().flatten().expand(channels)
+        std = torch.tensor(ip.image_std if normalize else 1.0).float().flatten().expand(channels)
         self.register_buffer("pixel_mean", mean.float().view(1, -1, 1, 1) / scale, persistent=False)
         self.register_buffer("pixel_std", std.float().view(1, -1, 1, 1) / scale, persistent=False)
         self.preprocess = LinePreprocessor(height=height)
@@ -397,16 +404,18 @@ class TrOCRSystem(pl.LightningModule):
         # (ViTModel has one) gets no gradient, and trainable parameters without gradients break
         # DDP. It is never trained.
         pooler = getattr(encoder, "pooler", None)
-        unused = {f"encoder.pooler.{n}" for n, _ in pooler.named_parameters()} if pooler is not None else set()
-        enc_last = (None if hp.train_last_encoder_layers is None else
-                    {f"encoder.{n}" for n in _last_layers(encoder, hp.train_last_encoder_layers,
-                                                          "train_last_encoder_layers")})
-        dec_last = (None if hp.train_last_decoder_layers is None else
-                    {f"decoder.{n}" for n in _last_layers(self.model.decoder, hp.train_last_decoder_layers,
-                                                          "train_last_decoder_layers")})
-        # peft has already frozen the wrapped decoder and made its adapters trainable.
-        adapters = ({n for n, p in self.model.named_parameters() if p.requires_grad and n.startswith("decoder.")}
-                    if hp.lora is not None else None)
+        unused = set() if pooler is None else {f"encoder.pooler.{n}" for n, _ in
+                                               pooler.named_parameters()}
+        enc_last = dec_last = adapters = None
+        if hp.train_last_encoder_layers is not None:
+            enc_last = {f"encoder.{n}" for n in _last_layers(
+                encoder, hp.train_last_encoder_layers, "train_last_encoder_layers")}
+        if hp.train_last_decoder_layers is not None:
+            dec_last = {f"decoder.{n}" for n in _last_layers(
+                self.model.decoder, hp.train_last_decoder_layers, "train_last_decoder_layers")}
+        if hp.lora is not None:  # peft has frozen the wrapped decoder and left its adapters trainable
+            adapters = {n for n, p in self.model.named_parameters()
+                        if p.requires_grad and n.startswith("decoder.")}
 
         def trains(name: str) -> bool:
             if name.startswith("encoder."):
@@ -504,7 +513,8 @@ class TrOCRSystem(pl.LightningModule):
             B hypotheses: text decoded without special tokens; confidence = exp(mean log
             probability of the generated tokens, ``</s>`` included).
         """
-        out = self.model.generate(pixel_values=pixel_values, generation_config=self.model.generation_config)
+        out = self.model.generate(pixel_values=pixel_values,
+                                  generation_config=self.model.generation_config)
         seqs = out.sequences
         texts = self.tokenizer.batch_decode(seqs, skip_special_tokens=True,
                                             clean_up_tokenization_spaces=False)
@@ -512,10 +522,8 @@ class TrOCRSystem(pl.LightningModule):
             conf = out.sequences_scores.float().exp()
         else:
             step = self.model.compute_transition_scores(seqs, out.scores, normalize_logits=True)
-            gen = seqs[:, -step.shape[1]:]
-            # a token counts up to and including the first </s>
-            done_before = (gen == self.tokens.eos_token_id).long().cumsum(1) - (gen == self.tokens.eos_token_id).long()
-            keep = (done_before == 0).float()
+            eos = (seqs[:, -step.shape[1]:] == self.tokens.eos_token_id).long()
+            keep = ((eos.cumsum(1) - eos) == 0).float()  # tokens up to and including the first </s>
             conf = ((step.float() * keep).sum(1) / keep.sum(1).clamp(min=1)).exp()
         return [Hypothesis(text, float(c)) for text, c in zip(texts, conf.tolist())]
 
@@ -548,7 +556,8 @@ class TrOCRSystem(pl.LightningModule):
 
     def _report_cut(self, labels: torch.Tensor, ids: Sequence[str]) -> None:
         limit = self.hparams.max_new_tokens
-        long = [i for i, n in zip(ids, (labels != -100).sum(1).tolist()) if n > limit and i not in self._reported]
+        lengths = (labels != -100).sum(1).tolist()
+        long = [i for i, n in zip(ids, lengths) if n > limit and i not in self._reported]
         if long:
             self._reported.update(long)
             log.warning("%d reference line(s) need more than max_new_tokens=%d tokens, so their "
@@ -563,7 +572,8 @@ class TrOCRSystem(pl.LightningModule):
         labels = self.encode_labels(batch["texts"], batch["ids"])
         self._report_cut(labels, batch["ids"])
         if bool((labels != -100).any()):
-            self.log(f"{stage}_loss", self(pixels, labels.to(self.device)).loss, batch_size=n, sync_dist=True)
+            loss = self(pixels, labels.to(self.device)).loss
+            self.log(f"{stage}_loss", loss, batch_size=n, sync_dist=True)
         preds = [h.text for h in self.generate(pixels)]
         for unit in ("c", "w"):
             metric = self.metrics[f"{stage}_{unit}er"]
@@ -583,7 +593,8 @@ class TrOCRSystem(pl.LightningModule):
         if not batch["ids"]:
             return []
         hyps = self.generate(self.pixel_values(batch["images"], batch["widths"]))
-        return [{"id": i, "text": h.text, "confidence": h.confidence} for i, h in zip(batch["ids"], hyps)]
+        return [{"id": i, "text": h.text, "confidence": h.confidence}
+                for i, h in zip(batch["ids"], hyps)]
 
     @torch.inference_mode()
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
@@ -605,10 +616,12 @@ class TrOCRSystem(pl.LightningModule):
         for start in range(0, len(items), batch_size):
             batch = []
             for item in items[start : start + batch_size]:
-                tensor, width = self.preprocess(item if isinstance(item, Image.Image) else Image.open(item))
+                image = item if isinstance(item, Image.Image) else Image.open(item)
+                tensor, width = self.preprocess(image)
                 batch.append({"image": tensor, "width": width, "text": "", "id": str(item)})
             collated = collate_lines(batch)
-            out += self.generate(self.pixel_values(collated["images"].to(self.device), collated["widths"]))
+            pixels = self.pixel_values(collated["images"].to(self.device), collated["widths"])
+            out += self.generate(pixels)
         self.train(was_training)
         return out[0] if single else out
 
@@ -620,11 +633,13 @@ class TrOCRSystem(pl.LightningModule):
     def _trained_keys(self) -> set[str]:
         # remove_duplicate=False: a tied weight (TrOCR's output layer and token embeddings) has
         # two keys and both must be kept or both rebuilt.
-        return {f"model.{n}" for n, p in self.model.named_parameters(remove_duplicate=False) if p.requires_grad}
+        return {f"model.{n}" for n, p in self.model.named_parameters(remove_duplicate=False)
+                if p.requires_grad}
 
     def _frozen_checksum(self) -> float:
         """Sum of the frozen weights: identifies the base the checkpoint's parameters belong to."""
-        return float(sum(p.detach().double().sum() for p in self.model.parameters() if not p.requires_grad))
+        frozen = [p for p in self.model.parameters() if not p.requires_grad]
+        return float(sum(p.detach().double().sum() for p in frozen))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keeps only the trained parameters; the frozen rest is rebuilt from ``pretrained``."""
