@@ -200,3 +200,24 @@ def test_beam_search_predict_and_transcribe(pretrained_trocr, tmp_path):
     assert model.transcribe(files[0]).text == pretrained_trocr.texts[0]
     with pytest.raises(ValueError, match="greedy/beam"):
         model.set_decoder({"name": "beam", "lm_path": "lm.arpa"})
+
+
+def test_a_line_reads_the_same_alone_or_padded_in_a_batch(pretrained_trocr):
+    model = _system(pretrained_trocr.dir).eval()
+    batch = _batch(pretrained_trocr.root)
+    together = model.pixel_values(batch["images"], batch["widths"])
+    hyps = model.generate(together)
+    for i, width in enumerate(batch["widths"].tolist()):
+        alone = model.pixel_values(batch["images"][i : i + 1, :, :, :width], batch["widths"][i : i + 1])
+        assert torch.equal(alone[0], together[i])  # padding is cut off before the resize
+        single = model.generate(alone)[0]
+        assert single.text == hyps[i].text
+        assert single.confidence == pytest.approx(hyps[i].confidence, abs=1e-5)
+
+
+def test_low_data_height_and_unencodable_symbols_are_reported(tiny_trocr_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="htr_lightning.models"):
+        TrOCRSystem(str(tiny_trocr_dir), charset=SYNTHETIC_CHARSET + "éß", height=16, max_new_tokens=48)
+    messages = " ".join(r.message for r in caplog.records)
+    assert "data.height=16 is below the 32 px" in messages
+    assert "cannot encode 2 symbol(s)" in messages and "éß" in messages
