@@ -69,9 +69,12 @@ def test_finetuning_a_good_checkpoint_does_not_raise_its_cer(pretrained_trocr, t
     assert before <= 0.01, "the pretrained stand-in should read its lines"
     trainer(tmp_path, max_steps=30, limit_val_batches=0).fit(model, dm)
     after = trainer(tmp_path).validate(model, dm, verbose=False)[0]["val_cer"]
+    # The same checkpoint, lines and steps with seed 003's settings: the check below has teeth.
+    seed_003 = _seed_003_recipe(ref.dir, ref.root, ref.texts, steps=30)
+    print(f"\nCER of the pretrained model: {before:.4f}; after 30 fine-tuning steps through "
+          f"TrOCRSystem: {after:.4f}; with seed 003's settings: {seed_003:.4f}")
     assert after <= before
-    # The same checkpoint, lines and steps with seed 003's settings: the check above has teeth.
-    assert _seed_003_recipe(ref.dir, ref.root, ref.texts, steps=30) > before + 0.05
+    assert seed_003 > before + 0.05
 
 
 @pytest.mark.parametrize("mistake", ["wrong_start_token", "prepended_bos", "pad_not_masked",
