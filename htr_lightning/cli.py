@@ -4,7 +4,9 @@
 gets the charset and input height from the data section through ``link_arguments``, so a
 config names them once. Any system of :mod:`htr_lightning.models` can be the model (the CTC
 systems and :class:`~htr_lightning.models.trocr.TrOCRSystem`); each takes ``charset`` and
-``height`` init arguments.
+``height`` init arguments. ``htr-lightning export --ckpt_path ... --format
+onnx|safetensors|transformers --output ...`` writes a standalone model
+(:mod:`htr_lightning.inference.export`).
 """
 
 from __future__ import annotations
@@ -16,40 +18,74 @@ from pathlib import Path
 from typing import Optional, Union
 
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from htr_lightning.data.datamodule import HTRDataModule
+from htr_lightning.inference.pages import PageAssembler
+
+log = logging.getLogger("htr_lightning")
 
 
-class TranscriptionWriter(BasePredictionWriter):
-    """Writes ``predict`` results: one line per image, to stdout or a file.
+class TranscriptionWriter(Callback):
+    """Writes ``predict`` results, one per input image, to stdout or a file, as soon as all
+    of an input's lines are transcribed. (A plain callback rather than Lightning's
+    ``BasePredictionWriter``, which tracks dataset indices that a stream of page lines does
+    not have and warns about it.)
 
     Args:
         path: Output file; None prints to stdout.
-        format: "txt" (``id<TAB>text``) or "jsonl" (``{"id", "text", "confidence"}``).
+        format: "txt" (one ``id<TAB>text`` row per line, in reading order) or "jsonl" (one
+            ``{"id", "text", "confidence", "lines": [{"text", "confidence", "box"}]}`` object
+            per input; ``text`` joins the lines with newlines).
     """
 
     def __init__(self, path: str | None = None, format: str = "txt") -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         if format not in ("txt", "jsonl"):
             raise ValueError(f"output format must be txt or jsonl, not {format!r}")
         self.path = path
         self.format = format
         self._started = False
+        self._pages = PageAssembler()
 
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
-                           batch_idx, dataloader_idx=0) -> None:
-        """Appends one batch of transcriptions."""
-        lines = [json.dumps(p, ensure_ascii=False) if self.format == "jsonl"
-                 else f"{p['id']}\t{p['text']}" for p in prediction]
+    def _rows(self, result: dict) -> list[str]:
+        if self.format == "jsonl":
+            return [json.dumps(result, ensure_ascii=False)]
+        texts = [line["text"] for line in result.get("lines", [])] or [result["text"]]
+        return [f"{result['id']}\t{text}" for text in texts]
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                             dataloader_idx=0) -> None:
+        """Writes the inputs this batch completed."""
+        prediction = outputs
+        rows = []
+        for line in prediction:
+            if "source" not in line:  # a plain line dataset: each line is its own input
+                result = {"id": line["id"], "text": line["text"],
+                          "confidence": line["confidence"]}
+            else:
+                result = self._pages.add(line)
+                if result is None:
+                    continue
+            rows += self._rows(result)
+        if rows:
+            self._write(rows)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        """Reports inputs left incomplete (none, unless a worker failed)."""
+        if self._pages.pending:
+            log.warning("predict: %d input(s) incomplete: %s", len(self._pages.pending),
+                        ", ".join(self._pages.pending[:5]))
+
+    def _write(self, rows: list[str]) -> None:
         if self.path is None:
-            print("\n".join(lines), flush=True)
+            print("\n".join(rows), flush=True)
             return
         mode = "a" if self._started else "w"
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, mode, encoding="utf-8") as f:
-            f.writelines(line + "\n" for line in lines)
+            f.writelines(row + "\n" for row in rows)
         self._started = True
 
 
@@ -102,9 +138,19 @@ def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
     )
 
 
-def main() -> None:
-    """Entry point of ``htr-lightning`` (exit status 0 on success)."""
-    cli_main()
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``htr-lightning`` (exit status 0 on success).
+
+    ``htr-lightning export ...`` goes to :func:`htr_lightning.inference.export.main` (checkpoint
+    to ONNX or safetensors); everything else to the LightningCLI.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["export"]:
+        from htr_lightning.inference.export import main as export_main
+
+        export_main(argv[1:])
+        return
+    cli_main(args)
 
 
 if __name__ == "__main__":

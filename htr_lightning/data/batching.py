@@ -25,6 +25,10 @@ from htr_lightning.data.transforms import LineAugment, LinePreprocessor
 
 log = logging.getLogger("htr_lightning.data")
 
+# Batch widths are rounded up to a multiple of this (see ``collate_lines``); exported models
+# record it so their runtime batches lines the same way.
+WIDTH_MULTIPLE = 32
+
 
 class LineDataset(Dataset):
     """Loads and preprocesses line samples on demand.
@@ -60,7 +64,7 @@ class LineDataset(Dataset):
         return {"image": image, "width": width, "text": sample.text, "id": sample.id}
 
 
-def collate_lines(items: list[dict | None], pad_to: int = 32) -> dict:
+def collate_lines(items: list[dict | None], pad_to: int = WIDTH_MULTIPLE) -> dict:
     """Pads a list of dataset items into one batch (see the module docstring).
 
     Items that are None (unreadable lines) are dropped; an all-None batch gives B = 0.

@@ -15,16 +15,20 @@ from htr_lightning.data.readers import READERS
 from htr_lightning.data.samples import LineSample, SkipReport
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
 from htr_lightning.data.transforms import LineAugment, LinePreprocessor
+from htr_lightning.inference.pages import SEGMENT_MODES, PredictLines, collate_predict
 from htr_lightning.text import CTCTokenizer
 
 log = logging.getLogger("htr_lightning.data")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+PREDICT_SUFFIXES = (*IMAGE_SUFFIXES, ".xml")
 SPLITS = ("train", "val", "test")
 
 
 def collect_images(paths: Sequence[str]) -> list[LineSample]:
-    """Expands files, folders (recursively) and glob patterns into unlabelled line samples.
+    """Expands files, folders (recursively) and glob patterns into unlabelled samples: images,
+    and PAGE-XML files (a folder holding both gives the XML files only for images that have
+    one, so no page is transcribed twice).
 
     Raises:
         FileNotFoundError: naming each path that matches no image.
@@ -33,16 +37,24 @@ def collect_images(paths: Sequence[str]) -> list[LineSample]:
     for p in paths:
         path = Path(p).expanduser()
         if path.is_dir():
-            hits = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            hits = _without_paged_images(
+                sorted(f for f in path.rglob("*") if f.suffix.lower() in PREDICT_SUFFIXES))
         elif path.is_file():
             hits = [path]
         else:
-            hits = sorted(Path(f) for f in glob.glob(str(path), recursive=True)
-                          if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+            hits = _without_paged_images(sorted(
+                Path(f) for f in glob.glob(str(path), recursive=True)
+                if Path(f).suffix.lower() in PREDICT_SUFFIXES))
         if not hits:
             raise FileNotFoundError(f"predict path {p!r}: no image file found there")
         found += hits
     return [LineSample(id=str(f), text="", path=str(f)) for f in found]
+
+
+def _without_paged_images(files: list[Path]) -> list[Path]:
+    """Drops images that have a PAGE-XML file of the same stem beside them."""
+    xml_stems = {f.with_suffix("") for f in files if f.suffix.lower() == ".xml"}
+    return [f for f in files if f.suffix.lower() == ".xml" or f.with_suffix("") not in xml_stems]
 
 
 class HTRDataModule(pl.LightningDataModule):
@@ -68,7 +80,10 @@ class HTRDataModule(pl.LightningDataModule):
         bucket_by_width: Group training lines of similar length into batches.
         synthetic_size: Lines per split for the synthetic dataset.
         seed: Seed of the synthetic text and of bucketing.
-        predict_paths: Files, folders or glob patterns for ``predict``.
+        predict_paths: Files, folders or glob patterns for ``predict``: images (PNG, JPEG,
+            TIFF, ...) and PAGE-XML files (transcribed along their line polygons).
+        segment: How ``predict`` turns images into lines: "auto" (split images that look
+            like pages or paragraphs), "page" (always split) or "none" (one line per image).
     """
 
     def __init__(
@@ -90,6 +105,7 @@ class HTRDataModule(pl.LightningDataModule):
         synthetic_size: dict[str, int] | None = None,
         seed: int = 0,
         predict_paths: list[str] | None = None,
+        segment: str = "auto",
     ) -> None:
         super().__init__()
         if dataset != "synthetic" and dataset not in READERS:
@@ -118,6 +134,9 @@ class HTRDataModule(pl.LightningDataModule):
         self.synthetic_size = {"train": 20000, "val": 500, "test": 500, **(synthetic_size or {})}
         self.seed = seed
         self.predict_paths = predict_paths
+        if segment not in SEGMENT_MODES:
+            raise ValueError(f"segment must be one of {SEGMENT_MODES}, not {segment!r}")
+        self.segment = segment
         self._samples: dict[str, Sequence[LineSample]] = {}
 
     # ----------------------------------------------------------------------------- samples
@@ -202,5 +221,11 @@ class HTRDataModule(pl.LightningDataModule):
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """The images named by ``predict_paths``."""
-        return self._loader("predict", train=False)
+        """The lines of the inputs named by ``predict_paths`` (pages split per ``segment``);
+        each batch carries ``meta`` to put them back together (see
+        :class:`~htr_lightning.inference.pages.PredictLines`)."""
+        sources = [s.path for s in self.samples("predict")]
+        workers = min(self.num_workers, len(sources))
+        return DataLoader(PredictLines(sources, self.preprocess, self.segment),
+                          batch_size=self.eval_batch_size, num_workers=workers,
+                          pin_memory=self.pin_memory, collate_fn=collate_predict)

@@ -697,3 +697,34 @@ class SyntheticLines(Sequence):
         source = f"text_file={self.text_file!r}" if self.text_file else "english"
         return (f"SyntheticLines(size={self.size}, split={self.split!r}, seed={self.seed}, "
                 f"{source}, fonts={self.fonts})")
+
+
+def compose_page(lines: Sequence[Image.Image], gaps: Sequence[int] | int = 20, angle: float = 0.0,
+                 margin: int = 40, paper: int = 255) -> tuple[Image.Image, list[tuple[int, int]]]:
+    """Stacks line images into a paragraph image, for testing and demonstrating segmentation.
+
+    Args:
+        lines: Line images (converted to grayscale), top to bottom, left-aligned.
+        gaps: Blank rows between consecutive lines (one value, or one per gap).
+        angle: Rotation of the whole page in degrees, counter-clockwise (skew).
+        margin: Blank border in pixels.
+        paper: Grey level of the page.
+
+    Returns:
+        The page ("L") and each line's (top, bottom) rows before rotation.
+    """
+    grays = [line.convert("L") for line in lines]
+    gap_list = [gaps] * max(0, len(grays) - 1) if isinstance(gaps, int) else list(gaps)
+    if len(gap_list) != max(0, len(grays) - 1):
+        raise ValueError(f"need {len(grays) - 1} gaps for {len(grays)} lines, got {len(gap_list)}")
+    width = max((g.width for g in grays), default=1) + 2 * margin
+    height = sum(g.height for g in grays) + sum(gap_list) + 2 * margin
+    page = Image.new("L", (width, height), paper)
+    rows, y = [], margin
+    for i, gray in enumerate(grays):
+        page.paste(gray, (margin, y))
+        rows.append((y, y + gray.height))
+        y += gray.height + (gap_list[i] if i < len(gap_list) else 0)
+    if angle:
+        page = page.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=paper)
+    return page, rows

@@ -1,12 +1,12 @@
 """LightningModules ("systems"): loss, optimisers, metrics, decoding, predict_step."""
 
 from htr_lightning.models.ctc_system import CTCSystem
-from htr_lightning.models.loading import load_system, system_class
+from htr_lightning.models.loading import load_system, resolve_system_class, system_class
 from htr_lightning.models.student import StudentSystem, distillation_loss
 from htr_lightning.models.teacher import TeacherSystem
 
 __all__ = ["CTCSystem", "StudentSystem", "TeacherSystem", "TrOCRSystem", "distillation_loss",
-           "load_system", "system_class"]
+           "load_system", "resolve_system_class", "system_class"]
 
 
 def __getattr__(name: str):

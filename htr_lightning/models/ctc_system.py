@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from htr_lightning.data.batching import collate_lines
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
+from htr_lightning.inference.pages import Transcription, transcribe_sources
 from htr_lightning.metrics import ErrorRate
 from htr_lightning.text import CTCTokenizer
 
@@ -137,6 +137,20 @@ class CTCSystem(pl.LightningModule):
             self.log(f"train_{name}", value, prog_bar=name == "loss", batch_size=len(batch["texts"]))
         return losses.get("loss")
 
+    examples_logged = 4
+    """Validation lines shown in TensorBoard (image, reference, prediction) at each validation."""
+
+    def _log_examples(self, batch: dict, hyps: list[Hypothesis]) -> None:
+        experiment = getattr(self.logger, "experiment", None)
+        if not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
+            return
+        for i in range(min(self.examples_logged, len(hyps))):
+            width = int(batch["widths"][i])
+            image = 1.0 - batch["images"][i, :, :, :width].float().clamp(0, 1)  # dark ink
+            experiment.add_image(f"val_examples/{i}", image.cpu(), self.global_step)
+            experiment.add_text(f"val_examples/{i}", f"reference: `{batch['texts'][i]}`  \n"
+                                f"prediction: `{hyps[i].text}`", self.global_step)
+
     def _eval_step(self, batch: dict, stage: str) -> list[Hypothesis]:
         if not batch["texts"]:
             return []
@@ -154,49 +168,60 @@ class CTCSystem(pl.LightningModule):
         return hyps
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``)."""
-        self._eval_step(batch, "val")
+        """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``); the first
+        batch's first lines are logged as images with their texts (TensorBoard)."""
+        hyps = self._eval_step(batch, "val")
+        if batch_idx == 0 and self.global_rank == 0:
+            self._log_examples(batch, hyps)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """As validation, logged as ``test_cer`` / ``test_wer``."""
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line."""
-        if not batch["ids"]:
-            return []
-        hyps = self.decode(*self(batch["images"], batch["widths"]))
-        return [{"id": i, "text": h.text, "confidence": h.confidence}
-                for i, h in zip(batch["ids"], hyps)]
+        """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line. Batches of
+        :class:`~htr_lightning.inference.pages.PredictLines` also carry each line's ``meta``
+        (source, index, count, box), returned merged into its dict, and the metas of inputs
+        without lines (``count`` 0), so a writer can put pages back together."""
+        out: list[dict] = []
+        if batch["ids"]:
+            hyps = self.decode(*self(batch["images"], batch["widths"]))
+            metas = batch.get("meta") or [{} for _ in hyps]
+            out = [{"id": i, "text": h.text, "confidence": h.confidence, **meta}
+                   for i, h, meta in zip(batch["ids"], hyps, metas)]
+        return out + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
 
     # ---------------------------------------------------------------------- inference
     @torch.inference_mode()
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   batch_size: int = 16) -> Hypothesis | list[Hypothesis]:
-        """Transcribes line images with the training preprocessing (shared code).
+                   segment: str = "auto", batch_size: int = 16
+                   ) -> Transcription | list[Transcription]:
+        """Transcribes line, paragraph or page images (or PAGE-XML files) with the training
+        preprocessing (shared code).
 
         Args:
             images: A path or PIL image, or a list of them.
+            segment: How images become lines (see
+                :data:`~htr_lightning.inference.pages.SEGMENT_MODES`): "auto" splits images
+                that look like pages and passes line images through whole.
             batch_size: Lines per forward pass.
 
         Returns:
-            One :class:`Hypothesis` for a single input, else a list in input order.
+            One :class:`Transcription` per input (a single one for a single input): ``text``
+            (lines joined by newlines), ``confidence`` (mean over lines) and ``lines``.
+
+        Raises:
+            BadSampleError: naming the file, when an input cannot be read.
         """
-        single = isinstance(images, (str, Path, Image.Image))
-        items = [images] if single else list(images)
         was_training = self.training
         self.eval()
-        out: list[Hypothesis] = []
-        for start in range(0, len(items), batch_size):
-            batch = []
-            for item in items[start : start + batch_size]:
-                image = item if isinstance(item, Image.Image) else Image.open(item)
-                tensor, width = self.preprocess(image)
-                batch.append({"image": tensor, "width": width, "text": "", "id": str(item)})
-            collated = collate_lines(batch)
-            out += self.decode(*self(collated["images"].to(self.device), collated["widths"]))
-        self.train(was_training)
-        return out[0] if single else out
+        try:
+            return transcribe_sources(
+                images, lambda batch: self.decode(*self(batch["images"].to(self.device),
+                                                        batch["widths"])),
+                self.preprocess, segment, batch_size)
+        finally:
+            self.train(was_training)
 
     # ---------------------------------------------------------------------- optimiser
     def configure_optimizers(self):

@@ -46,9 +46,9 @@ from transformers import (
     get_scheduler,
 )
 
-from htr_lightning.data.batching import collate_lines
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
+from htr_lightning.inference.pages import Transcription, transcribe_sources
 from htr_lightning.metrics import ErrorRate
 
 log = logging.getLogger("htr_lightning.models")
@@ -589,41 +589,44 @@ class TrOCRSystem(pl.LightningModule):
         self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line."""
-        if not batch["ids"]:
-            return []
-        hyps = self.generate(self.pixel_values(batch["images"], batch["widths"]))
-        return [{"id": i, "text": h.text, "confidence": h.confidence}
-                for i, h in zip(batch["ids"], hyps)]
+        """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line, with each line's
+        ``meta`` and the inputs without lines, as :meth:`CTCSystem.predict_step
+        <htr_lightning.models.CTCSystem.predict_step>` returns them for the prediction writer."""
+        out: list[dict] = []
+        if batch["ids"]:
+            hyps = self.generate(self.pixel_values(batch["images"], batch["widths"]))
+            metas = batch.get("meta") or [{} for _ in hyps]
+            out = [{"id": i, "text": h.text, "confidence": h.confidence, **meta}
+                   for i, h, meta in zip(batch["ids"], hyps, metas)]
+        return out + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
 
     @torch.inference_mode()
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   batch_size: int = 16) -> Hypothesis | list[Hypothesis]:
-        """Transcribes line images with the training preprocessing.
+                   segment: str = "auto", batch_size: int = 16
+                   ) -> Transcription | list[Transcription]:
+        """Transcribes line, paragraph or page images (or PAGE-XML files) with the training
+        preprocessing, as :meth:`CTCSystem.transcribe
+        <htr_lightning.models.CTCSystem.transcribe>` does.
 
         Args:
             images: A path or PIL image, or a list of them.
-            batch_size: Lines per forward pass.
+            segment: How images become lines (see
+                :data:`~htr_lightning.inference.pages.SEGMENT_MODES`).
+            batch_size: Lines per ``generate`` call.
 
         Returns:
-            One :class:`Hypothesis` for a single input, else a list in input order.
+            One :class:`~htr_lightning.inference.pages.Transcription` per input (a single one
+            for a single input).
         """
-        single = isinstance(images, (str, Path, Image.Image))
-        items = [images] if single else list(images)
         was_training = self.training
         self.eval()
-        out: list[Hypothesis] = []
-        for start in range(0, len(items), batch_size):
-            batch = []
-            for item in items[start : start + batch_size]:
-                image = item if isinstance(item, Image.Image) else Image.open(item)
-                tensor, width = self.preprocess(image)
-                batch.append({"image": tensor, "width": width, "text": "", "id": str(item)})
-            collated = collate_lines(batch)
-            pixels = self.pixel_values(collated["images"].to(self.device), collated["widths"])
-            out += self.generate(pixels)
-        self.train(was_training)
-        return out[0] if single else out
+        try:
+            return transcribe_sources(
+                images, lambda batch: self.generate(self.pixel_values(
+                    batch["images"].to(self.device), batch["widths"])),
+                self.preprocess, segment, batch_size)
+        finally:
+            self.train(was_training)
 
     # -------------------------------------------------------------------- checkpoints
     def is_trainable(self, key: str) -> bool:

@@ -12,6 +12,12 @@ import torch
 from torch import nn
 
 
+def exporting() -> bool:
+    """Whether the module is being traced into a graph (ONNX export, ``torch.jit.trace``)
+    rather than run eagerly: a traced graph keeps no Python branch on tensor values."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 class FullGatedConv2d(nn.Module):
     """Convolution to 2×C channels; output = first half × sigmoid(second half).
 
@@ -97,7 +103,9 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] > self.table.shape[0]:
+        # An exported graph cannot keep this check; there the preprocessing's max_width (4096 px
+        # by default, at most 1024 frames) keeps lines far below the table's length.
+        if not exporting() and x.shape[1] > self.table.shape[0]:
             raise ValueError(f"sequence of {x.shape[1]} frames exceeds the positional table "
                              f"({self.table.shape[0]}); raise max_len or shorten the line")
         return x + self.table[: x.shape[1]].to(x.dtype)
@@ -105,6 +113,12 @@ class SinusoidalPositionalEncoding(nn.Module):
 
 class SelfAttentionBlock(nn.Module):
     """Multi-head self-attention with residual connection and LayerNorm.
+
+    The parameters are those of ``nn.MultiheadAttention`` (same state-dict names), but the
+    attention is computed here with ``scaled_dot_product_attention``, the same computation
+    ``nn.MultiheadAttention`` makes when no weights are asked for (identical in training, within
+    5e-7 of its eval fast path): traced for ONNX, its Python path froze the sequence length
+    into a Reshape, so the exported model failed on lines of any other width.
 
     Shapes: x (B, T, D), padding (B, T) True where padded -> (B, T, D).
     """
@@ -115,7 +129,14 @@ class SelfAttentionBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        out, _ = self.attn(x, x, x, key_padding_mask=padding, need_weights=False)
+        attn = self.attn
+        qkv = nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)  # (B, T, 3·D)
+        qkv = qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, T, D/heads)
+        keep = ~padding[:, None, None, :]  # (B, 1, 1, T): keys that may be attended to
+        out = nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, dropout_p=attn.dropout if self.training else 0.0)
+        out = attn.out_proj(out.transpose(1, 2).flatten(2))  # (B, T, D)
         return self.norm(x + out)
 
 

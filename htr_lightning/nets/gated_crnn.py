@@ -19,6 +19,7 @@ from htr_lightning.nets.blocks import (
     MaskedBiLSTM,
     SelfAttentionBlock,
     SinusoidalPositionalEncoding,
+    exporting,
 )
 
 TEACHER_CHANNELS = (32, 64, 128, 128, 256)
@@ -102,7 +103,10 @@ class GatedCRNN(nn.Module):
             widths = torch.full((b,), w, dtype=torch.long, device=images.device)
         widths = widths.to(images.device)
         mask = None
-        if bool((widths < w).any()):  # the masks cost time; skip them when nothing is padded
+        # The masks cost time, so eager mode skips them when nothing is padded. An exported graph
+        # cannot branch on its input's values: it always carries them (all ones when nothing is
+        # padded, which gives the same output).
+        if exporting() or bool((widths < w).any()):
             mask = torch.arange(w, device=images.device)[None, :] < widths[:, None]
             mask = mask[:, None, None, :].to(images.dtype)
         x = images

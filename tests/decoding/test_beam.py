@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from htr_lightning.decoding import BeamSearchDecoder, GreedyDecoder, build_decoder
+from htr_lightning.decoding.ngram import CharNgramLM
 from htr_lightning.models import TeacherSystem
 from htr_lightning.text import CTCTokenizer
 
@@ -30,8 +31,8 @@ def test_beam_one_equals_greedy(seed):
     assert [h.text for h in beam] == [h.text for h in greedy]
 
 
-def _exhaustive(log_probs, charset):
-    """Most probable text by summing every alignment's probability."""
+def _text_log_probs(log_probs, charset):
+    """log P(text | frames) of every text, by summing the probability of all its alignments."""
     totals = {}
     for path in itertools.product(range(log_probs.shape[1]), repeat=log_probs.shape[0]):
         text, prev = [], None
@@ -41,8 +42,14 @@ def _exhaustive(log_probs, charset):
             prev = c
         p = math.exp(sum(float(log_probs[t, c]) for t, c in enumerate(path)))
         totals["".join(text)] = totals.get("".join(text), 0.0) + p
+    return {text: math.log(p) for text, p in totals.items()}
+
+
+def _exhaustive(log_probs, charset):
+    """Most probable text and its log-probability."""
+    totals = _text_log_probs(log_probs, charset)
     best = max(totals, key=totals.get)
-    return best, math.log(totals[best])
+    return best, totals[best]
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -53,6 +60,25 @@ def test_beam_without_lm_matches_exhaustive_search(seed):
     best = BeamSearchDecoder(beam_size=64, prune=0).search(log_probs.numpy(), "ab")[0]
     assert best.text == text
     assert best.ctc == pytest.approx(logp, abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_with_lm_matches_exhaustive_fused_search(seed, tmp_path):
+    # with a beam wider than the number of prefixes, prefix beam search with shallow fusion is
+    # exact: argmax over texts of log P(text | frames) + w·log P_LM(text, end) + bonus·len
+    lm = CharNgramLM.train(["abba", "ab", "ba", "aab", "b"], order=3)
+    lm.save(tmp_path / "lm.arpa")
+    g = torch.Generator().manual_seed(seed)
+    log_probs = torch.randn(5, 3, generator=g).mul(1.5).log_softmax(-1)
+    weight, bonus = 0.8, 0.3
+    fused = {text: ctc + weight * lm.score(text) + bonus * len(text)
+             for text, ctc in _text_log_probs(log_probs, "ab").items()}
+    decoder = BeamSearchDecoder(beam_size=64, prune=0, lm_path=str(tmp_path / "lm.arpa"),
+                                lm_weight=weight, insertion_bonus=bonus, nbest=3)
+    entries = decoder.search(log_probs.numpy(), "ab")
+    ranked = sorted(fused, key=fused.get, reverse=True)[:3]
+    assert [e.text for e in entries] == ranked
+    assert [e.score for e in entries] == pytest.approx([fused[t] for t in ranked], abs=1e-6)
 
 
 def test_insertion_bonus_and_nbest():

@@ -6,7 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from transformers import VisionEncoderDecoderModel
+
 from htr_lightning.cli import cli_main as main
+from htr_lightning.cli import main as command
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "trocr_tiny_synthetic.yaml"
@@ -28,7 +31,7 @@ def _common(tmp_path, pretrained):
             f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
 
 
-def test_cli_fits_tests_and_predicts_with_the_tiny_config(tiny_trocr_dir, tmp_path):
+def test_cli_fits_tests_predicts_and_exports_with_the_tiny_config(tiny_trocr_dir, tmp_path, capsys):
     common = _common(tmp_path, tiny_trocr_dir)
     main(["fit", *common, "--trainer.max_steps=2", "--trainer.val_check_interval=2"])
     last = tmp_path / "ckpt" / "last.ckpt"
@@ -50,3 +53,11 @@ def test_cli_fits_tests_and_predicts_with_the_tiny_config(tiny_trocr_dir, tmp_pa
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [Path(r["id"]).name for r in rows] == ["line0.png", "line1.png"]
     assert all(isinstance(r["text"], str) and 0.0 <= r["confidence"] <= 1.0 for r in rows)
+
+    command(["export", "--ckpt_path", str(last), "--format", "transformers",
+             "--output", str(tmp_path / "exported")])
+    assert VisionEncoderDecoderModel.from_pretrained(tmp_path / "exported").generation_config.max_new_tokens == 8
+    with pytest.raises(SystemExit):
+        command(["export", "--ckpt_path", str(last), "--format", "onnx",
+                 "--output", str(tmp_path / "model.onnx")])
+    assert "holds a TrOCRSystem: use --format transformers" in capsys.readouterr().err

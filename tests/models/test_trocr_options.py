@@ -196,8 +196,8 @@ def test_beam_search_predict_and_transcribe(pretrained_trocr, tmp_path):
     assert all(0.5 < r["confidence"] <= 1.0 for r in rows)
     model.set_decoder("greedy")
     files = sorted((pretrained_trocr.root / "lines").glob("*.png"))
-    assert [h.text for h in model.transcribe(files)] == pretrained_trocr.texts
-    assert model.transcribe(files[0]).text == pretrained_trocr.texts[0]
+    assert [t.text for t in model.transcribe(files, segment="none")] == pretrained_trocr.texts
+    assert model.transcribe(files[0], segment="none").text == pretrained_trocr.texts[0]
     with pytest.raises(ValueError, match="greedy/beam"):
         model.set_decoder({"name": "beam", "lm_path": "lm.arpa"})
 

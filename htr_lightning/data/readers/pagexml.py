@@ -35,6 +35,7 @@ from htr_lightning.data.readers.common import (
     _spec_path,
 )
 from htr_lightning.data.samples import LineSample, SkipReport
+from htr_lightning.text import normalize_text
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,14 +147,20 @@ def _text_lines(
         yield line_id, where, element
 
 
+def _line_text(text: str | None, where: str, report: SkipReport, require_text: bool) -> str | None:
+    return _clean(text, where, report) if require_text else normalize_text(text or "")
+
+
 def _parse_page(
-    xml_path: Path, page_id: str, root: Path, allow_outside_root: bool, report: SkipReport
+    xml_path: Path, page_id: str, root: Path, allow_outside_root: bool, report: SkipReport,
+    require_text: bool = True,
 ) -> _Page | None:
     document = _parse_xml(xml_path, report)
     if document is None:
         return None
     if _local(document.tag).lower() == "alto":
-        return _parse_alto(document, xml_path, page_id, root, allow_outside_root, report)
+        return _parse_alto(document, xml_path, page_id, root, allow_outside_root, report,
+                           require_text)
     page = next((e for e in document.iter() if _local(e.tag) == "Page"), None)
     if page is None:
         report.add(UNSUPPORTED, f"{xml_path} (neither PAGE-XML nor ALTO)")
@@ -165,7 +172,8 @@ def _parse_page(
     lines: list[_Line] = []
     for line_id, where, element in _text_lines(page, "id", xml_path, report):
         own = _page_text(element)
-        text = _clean(own if own is not None else _page_words_text(element), where, report)
+        text = _line_text(own if own is not None else _page_words_text(element), where, report,
+                          require_text)
         if text is not None:
             polygon = _page_coords(element, "Coords")
             lines.append(_Line(line_id, text, polygon, _page_coords(element, "Baseline")))
@@ -188,6 +196,7 @@ def _parse_alto(
     root: Path,
     allow_outside_root: bool,
     report: SkipReport,
+    require_text: bool = True,
 ) -> _Page | None:
     unit = next((e.text for e in document.iter() if _local(e.tag) == "MeasurementUnit"), None)
     if unit and unit.strip() != "pixel":
@@ -208,7 +217,7 @@ def _parse_alto(
                 parts.append(child.get("CONTENT", ""))
             elif _local(child.tag) == "HYP" and parts:
                 parts[-1] += child.get("CONTENT", "")
-        text = _clean(" ".join(parts), where, report)
+        text = _line_text(" ".join(parts), where, report, require_text)
         if text is None:
             continue
         polygon = None
@@ -313,3 +322,24 @@ def read_pagexml(
             if page is not None and page.lines:
                 pages.append(page)
         return _cut_pages(pages, geometry, cache_dir, workers, "pagexml", rep)
+
+
+def read_page_file(xml_path: str | Path, report: SkipReport | None = None,
+                   allow_outside_root: bool = False) -> list[LineSample]:
+    """The text lines of one PAGE-XML or ALTO file, cut as :func:`read_pagexml` cuts them, for
+    transcribing a page along its own line polygons. Lines without a transcription are kept
+    (with text ""); the page image may sit beside the XML or one folder up.
+
+    Returns:
+        Samples with ids ``<xml stem>/<TextLine id>``, in document (reading) order.
+    """
+    xml_path = Path(xml_path)
+    if not xml_path.is_file():
+        raise FileNotFoundError(f"{xml_path}: no such PAGE-XML file")
+    with _ReportScope(report, f"pagexml {xml_path.name}") as rep:
+        page = _parse_page(xml_path, xml_path.stem, xml_path.parent.parent, allow_outside_root,
+                           rep, require_text=False)
+        if page is None or not page.lines:
+            return []
+        return _cut_pages([page], _Geometry(), None, 1,
+                          "pagexml", rep)

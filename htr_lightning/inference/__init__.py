@@ -1,0 +1,1 @@
+"""From images to text: line segmentation, page transcription."""

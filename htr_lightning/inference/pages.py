@@ -1,0 +1,252 @@
+"""From image files (lines, paragraphs, pages, PAGE-XML) to line images and back to page text.
+
+``predict`` and ``transcribe()`` share this path: :func:`source_lines` turns one input into
+its lines in reading order, :class:`PredictLines` streams them to a DataLoader, and
+:class:`PageAssembler` puts the transcribed lines back together, one result per input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
+
+from htr_lightning.data.batching import collate_lines
+from htr_lightning.data.readers.pagexml import read_page_file
+from htr_lightning.data.samples import BadSampleError, LineSample
+from htr_lightning.data.transforms import LinePreprocessor
+from htr_lightning.decoding.greedy import Hypothesis
+from htr_lightning.inference.segment import looks_like_page, split_lines
+
+log = logging.getLogger("htr_lightning.inference")
+
+SEGMENT_MODES = ("auto", "page", "none")
+"""How an image becomes lines: "auto" splits images that look like pages or paragraphs (at
+most 1.5 times as wide as high, see :func:`looks_like_page`) and passes others through as one
+line; "page" always splits; "none" never does. A PAGE-XML file is cut along its own polygons."""
+
+
+@dataclass(frozen=True)
+class SourceLine:
+    """One line of an input.
+
+    Attributes:
+        source: The input's name (its path).
+        index: Position in reading order.
+        count: Lines found in the input.
+        image: The line image.
+        box: (left, top, right, bottom) in the (deskewed) input, or None for PAGE-XML lines.
+    """
+
+    source: str
+    index: int
+    count: int
+    image: Image.Image
+    box: tuple[int, int, int, int] | None
+
+
+def source_lines(source: str | Path | Image.Image, segment: str = "auto",
+                 name: str | None = None) -> list[SourceLine]:
+    """The lines of one input in reading order.
+
+    Args:
+        source: An image path, a PAGE-XML/ALTO path, or a PIL image.
+        segment: One of :data:`SEGMENT_MODES`.
+        name: Name used in results (default: the path, or "image" for a PIL image).
+
+    Raises:
+        BadSampleError: naming the file, when it cannot be read.
+        ValueError: on an unknown ``segment``.
+    """
+    if segment not in SEGMENT_MODES:
+        raise ValueError(f"segment must be one of {SEGMENT_MODES}, not {segment!r}")
+    if isinstance(source, Image.Image):
+        image, name = source, name or "image"
+    else:
+        path = Path(source)
+        name = name or str(source)
+        if path.suffix.lower() == ".xml":
+            try:
+                samples = read_page_file(path)
+            except Exception as err:  # any parse or image error of this one file
+                raise BadSampleError(f"{path}: cannot read PAGE-XML ({err})") from err
+            return [SourceLine(name, i, len(samples), s.load(), None)
+                    for i, s in enumerate(samples)]
+        image = LineSample(id=name, text="", path=str(path)).load()
+    if segment == "none" or (segment == "auto" and not looks_like_page(image)):
+        return [SourceLine(name, 0, 1, image, (0, 0, image.width, image.height))]
+    crops = split_lines(image)
+    return [SourceLine(name, i, len(crops), c.image, c.box) for i, c in enumerate(crops)]
+
+
+class PredictLines(IterableDataset):
+    """Streams the lines of many inputs, each input handled by one DataLoader worker.
+
+    Yields one item per line (the :func:`~htr_lightning.data.batching.collate_lines` item plus
+    ``meta``: source, index, count, box); an input that cannot be read, or holds no line,
+    yields one item with ``image`` None and its ``meta`` (with ``error``), so every input gets
+    a result.
+
+    Args:
+        sources: Image or PAGE-XML paths.
+        preprocess: The model's preprocessing (shared with training).
+        segment: One of :data:`SEGMENT_MODES`.
+    """
+
+    def __init__(self, sources: Sequence[str], preprocess: LinePreprocessor,
+                 segment: str = "auto") -> None:
+        if segment not in SEGMENT_MODES:
+            raise ValueError(f"segment must be one of {SEGMENT_MODES}, not {segment!r}")
+        self.sources = list(sources)
+        self.preprocess = preprocess
+        self.segment = segment
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        mine = self.sources if worker is None else self.sources[worker.id::worker.num_workers]
+        for source in mine:
+            try:
+                lines = source_lines(source, self.segment)
+            except BadSampleError as err:
+                log.warning("skipping %s", err)
+                yield _empty(source, str(err))
+                continue
+            if not lines:
+                yield _empty(source, "no text line found")
+            for line in lines:
+                tensor, width = self.preprocess(line.image)
+                yield {"image": tensor, "width": width, "text": "",
+                       "id": f"{line.source}#{line.index}",
+                       "meta": {"source": line.source, "index": line.index, "count": line.count,
+                                "box": list(line.box) if line.box else None}}
+
+
+def _empty(source: str, error: str) -> dict:
+    return {"image": None, "meta": {"source": source, "index": 0, "count": 0, "box": None,
+                                    "error": error}}
+
+
+def collate_predict(items: list[dict]) -> dict:
+    """:func:`~htr_lightning.data.batching.collate_lines` over the line items, plus ``meta``
+    (one dict per line) and ``empty`` (the metas of inputs without lines)."""
+    lines = [it for it in items if it["image"] is not None]
+    batch = collate_lines(lines)
+    batch["meta"] = [it["meta"] for it in lines]
+    batch["empty"] = [it["meta"] for it in items if it["image"] is None]
+    return batch
+
+
+class PageAssembler:
+    """Collects transcribed lines until each input is complete, then gives its result:
+    ``{"id", "text" (lines joined by newlines), "confidence" (mean of the lines'), "lines":
+    [{"text", "confidence", "box"}]}``, plus ``error`` for an input without lines."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[dict]] = {}
+
+    def add(self, line: dict) -> dict | None:
+        """Adds one line (a meta dict with ``text`` and ``confidence``); returns its input's
+        result when that input is complete, else None."""
+        if line["count"] == 0:
+            return {"id": line["source"], "text": "", "confidence": 0.0, "lines": [],
+                    "error": line.get("error", "no text line found")}
+        got = self._pending.setdefault(line["source"], [])
+        got.append(line)
+        if len(got) < line["count"]:
+            return None
+        del self._pending[line["source"]]
+        got.sort(key=lambda x: x["index"])
+        return {"id": line["source"], "text": "\n".join(x["text"] for x in got),
+                "confidence": sum(x["confidence"] for x in got) / len(got),
+                "lines": [{"text": x["text"], "confidence": x["confidence"], "box": x["box"]}
+                          for x in got]}
+
+    @property
+    def pending(self) -> list[str]:
+        """Inputs with lines still missing."""
+        return list(self._pending)
+
+
+def lines_to_batch(lines: Sequence[SourceLine], preprocess: LinePreprocessor,
+                   width_multiple: int = 32) -> dict:
+    """Preprocesses lines into one batch (the training contract)."""
+    items = []
+    for line in lines:
+        tensor, width = preprocess(line.image)
+        items.append({"image": tensor, "width": width, "text": "",
+                      "id": f"{line.source}#{line.index}"})
+    return collate_lines(items, pad_to=width_multiple)
+
+
+@dataclass(frozen=True)
+class LineTranscription(Hypothesis):
+    """One line of a :class:`Transcription`.
+
+    Attributes:
+        box: (left, top, right, bottom) of the line in the (deskewed) image, or None.
+    """
+
+    box: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Transcription(Hypothesis):
+    """The transcription of one input (line, paragraph, page or PAGE-XML file).
+
+    Attributes:
+        text: The lines' texts joined by newlines.
+        confidence: Mean of the lines' confidences.
+        lines: Each line in reading order.
+    """
+
+    lines: tuple[LineTranscription, ...] = ()
+
+
+def transcribe_sources(
+    sources: str | Path | Image.Image | Sequence[str | Path | Image.Image],
+    recognise: Callable[[dict], list[Hypothesis]],
+    preprocess: LinePreprocessor,
+    segment: str = "auto",
+    batch_size: int = 16,
+    width_multiple: int = 32,
+) -> Transcription | list[Transcription]:
+    """Splits inputs into lines, recognises them in batches and puts each input back together;
+    shared by :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` and the
+    ONNX runtime.
+
+    Args:
+        sources: A path or PIL image, or a list of them.
+        recognise: Batch (the training contract) -> one hypothesis per line.
+        preprocess: The model's preprocessing.
+        segment: One of :data:`SEGMENT_MODES`.
+        batch_size: Lines per batch.
+        width_multiple: Batch width rounding (as in training).
+
+    Returns:
+        One :class:`Transcription` for a single input, else a list in input order.
+    """
+    single = isinstance(sources, (str, Path, Image.Image))
+    items = [sources] if single else list(sources)
+    names = [f"<image {i}>" if isinstance(item, Image.Image) else str(item)
+             for i, item in enumerate(items)]
+    lines = [line for item, name in zip(items, names) for line in source_lines(item, segment, name)]
+    hyps: list[Hypothesis] = []
+    for start in range(0, len(lines), batch_size):
+        hyps += recognise(lines_to_batch(lines[start : start + batch_size], preprocess,
+                                         width_multiple))
+    assembler, results = PageAssembler(), {}
+    for line, hyp in zip(lines, hyps):
+        done = assembler.add({"source": line.source, "index": line.index, "count": line.count,
+                              "box": line.box, "text": hyp.text, "confidence": hyp.confidence})
+        if done is not None:
+            results[done["id"]] = done
+    out = []
+    for name in names:
+        done = results.get(name) or {"text": "", "confidence": 0.0, "lines": []}
+        out.append(Transcription(done["text"], done["confidence"], tuple(
+            LineTranscription(x["text"], x["confidence"], x["box"]) for x in done["lines"])))
+    return out[0] if single else out
