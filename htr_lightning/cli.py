@@ -2,8 +2,10 @@
 
 ``htr-lightning fit|validate|test|predict --config configs/experiment/<name>.yaml``. The model
 gets the charset, input height and canvas width from the data section through
-``link_arguments``, so a config names them once. ``htr-lightning export --ckpt_path ...
---format onnx|safetensors --output ...`` writes a standalone model
+``link_arguments``, so a config names them once. Any system of :mod:`htr_lightning.models` can
+be the model (the CTC systems and :class:`~htr_lightning.models.trocr.TrOCRSystem`); each takes
+``charset`` and ``height`` init arguments (``fixed_width`` is linked where a model has it). ``htr-lightning export --ckpt_path
+... --format onnx|safetensors|transformers --output ...`` writes a standalone model
 (:mod:`htr_lightning.inference.export`).
 """
 
@@ -15,12 +17,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Union
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from htr_lightning.data.datamodule import HTRDataModule
 from htr_lightning.inference.pages import PageAssembler
-from htr_lightning.models.ctc_system import CTCSystem
 
 log = logging.getLogger("htr_lightning")
 
@@ -130,7 +132,7 @@ def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     return HTRLightningCLI(
-        CTCSystem,
+        LightningModule,
         HTRDataModule,
         subclass_mode_model=True,
         args=args,

@@ -17,6 +17,10 @@ Command line::
 
     htr-lightning export --ckpt_path best.ckpt --format onnx --output model.onnx
     htr-lightning export --ckpt_path best.ckpt --format safetensors --output model_dir/
+
+A :class:`~htr_lightning.models.trocr.TrOCRSystem` checkpoint exports to a transformers folder
+instead (``--format transformers``: ``VisionEncoderDecoderModel`` with LoRA merged, tokenizer,
+image processor and generation settings, see ``TrOCRSystem.export_pretrained``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import warnings
 from pathlib import Path
 
+import lightning.pytorch
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -222,7 +227,7 @@ def load_bundle(directory: str | Path, map_location: str | torch.device = "cpu")
     return system.to(map_location).eval()
 
 
-def load_checkpoint(path: str | Path) -> CTCSystem:
+def load_checkpoint(path: str | Path) -> lightning.pytorch.LightningModule:
     """Loads an htr_lightning training checkpoint, with plain errors for anything else.
 
     Raises:
@@ -251,16 +256,24 @@ def main(argv: list[str] | None = None) -> None:
         description="Export a training checkpoint to a standalone ONNX file (with its JSON "
                     "sidecar) or a safetensors + config.json bundle.")
     parser.add_argument("--ckpt_path", required=True, help="htr_lightning training checkpoint")
-    parser.add_argument("--format", choices=("onnx", "safetensors"), default="onnx")
+    parser.add_argument("--format", choices=("onnx", "safetensors", "transformers"), default="onnx")
     parser.add_argument("--output", required=True,
                         help="onnx: the .onnx file (the sidecar .json is written beside it); "
-                             "safetensors: the bundle directory")
+                             "safetensors: the bundle directory; transformers (TrOCR "
+                             "checkpoints): the save_pretrained directory")
     args = parser.parse_args(argv)
     try:
         system = load_checkpoint(args.ckpt_path)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    if args.format == "onnx":
+    # ONNX and bundles hold CTC networks; a TrOCR system writes a transformers folder.
+    is_ctc = isinstance(system, CTCSystem)
+    if is_ctc == (args.format == "transformers"):
+        wanted = "onnx or safetensors" if is_ctc else "transformers"
+        parser.error(f"{args.ckpt_path} holds a {type(system).__name__}: use --format {wanted}")
+    if args.format == "transformers":
+        print(f"wrote {system.export_pretrained(args.output)}")
+    elif args.format == "onnx":
         if not args.output.endswith(".onnx"):
             parser.error(f"--output must name a .onnx file, not {args.output!r}")
         path = export_onnx(system, args.output)

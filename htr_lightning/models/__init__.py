@@ -8,5 +8,15 @@ from htr_lightning.models.student import StudentSystem, distillation_loss
 from htr_lightning.models.teacher import TeacherSystem
 
 __all__ = ["BestPracticesSystem", "CTCSystem", "LLMAugmentedSystem", "StudentSystem",
-           "TeacherSystem", "distillation_loss", "load_system", "resolve_system_class",
-           "system_class"]
+           "TeacherSystem", "TrOCRSystem", "distillation_loss", "load_system",
+           "resolve_system_class", "system_class"]
+
+
+def __getattr__(name: str):
+    # TrOCRSystem is imported on first use: its module loads the transformers vision-encoder-
+    # decoder stack (2-5 s here), which CTC runs and every CLI start would otherwise pay.
+    if name == "TrOCRSystem":
+        from htr_lightning.models.trocr import TrOCRSystem
+
+        return TrOCRSystem
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
