@@ -22,7 +22,8 @@ def lm_inputs(prefix: torch.Tensor, token_ids: Sequence[Sequence[int]], embeddin
 
     Only the tokens and EOS are labelled (BOS, prefix and padding are ``-100``); padding has
     attention mask 0, so no pad token is needed (Llama 3.2's tokenizer has none). BOS / EOS are
-    left out where the LM has none.
+    left out where the LM has none. Built by hand because the prefix is embeddings, not token
+    ids, which the tokenizers' padding and collators cannot place.
 
     Args:
         prefix: (B, Q, H) embeddings put in front of the text (the connector's queries).

@@ -1,7 +1,9 @@
 """MobileViT block (Mehta & Rastegari, ICLR 2022) with a padding mask. Plain nn.Module.
 
 Seed 004 inserts two of these into the best-practices backbone (patch sizes 4 and 8); the
-original best-practices network has none.
+original best-practices network has none. Written here rather than taken from transformers'
+MobileViT, whose layers take no padding mask (a line would change with the batch it is padded
+in) and would tie this plain-torch network to a transformers config class.
 """
 
 from __future__ import annotations

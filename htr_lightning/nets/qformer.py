@@ -4,7 +4,10 @@ Plain nn.Modules, no Lightning, no language model.
 BLIP-2's querying transformer in the form seed 004 uses: a line's frame features are resampled
 to a fixed number of positions, learned query tokens attend to them (self-attention among the
 queries, cross-attention to the features, feed-forward; pre-norm layers), and linear layers
-expand the queries to the language model's hidden size.
+expand the queries to the language model's hidden size. A Q-Former layer is exactly torch's
+``nn.TransformerDecoderLayer`` (self-attention over the queries, cross-attention to the
+features, feed-forward), which is used as is; transformers' ``Blip2QFormerModel`` would tie this
+plain-torch network to a transformers config class for the same computation.
 """
 
 from __future__ import annotations
