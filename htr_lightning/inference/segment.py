@@ -121,14 +121,12 @@ def line_period(profile: np.ndarray, min_period: int = 8, prominence: float = 0.
     return None
 
 
-def find_lines(ink: np.ndarray, min_gap_ratio: float = 0.5, valley_ratio: float = 1.0
-               ) -> list[tuple[int, int]]:
+def find_lines(ink: np.ndarray, min_gap_ratio: float = 0.5) -> list[tuple[int, int]]:
     """Row ranges of the text lines of a deskewed binary page, top to bottom.
 
     Args:
         ink: (H, W) bool.
         min_gap_ratio: Peaks closer than this fraction of the line period are one line.
-        valley_ratio: Peaks not separated by a valley this much lower than both are one line.
 
     Returns:
         (top, bottom) row ranges, bottom exclusive; one range for a single line.
@@ -145,12 +143,8 @@ def find_lines(ink: np.ndarray, min_gap_ratio: float = 0.5, valley_ratio: float 
     peaks = [i for i in range(1, smooth.size - 1)
              if smooth[i] >= smooth[i - 1] and smooth[i] > smooth[i + 1] and smooth[i] > level]
     kept: list[int] = []
-    for p in peaks:
-        # Two peaks are one line when they are closer than min_gap_ratio · period, or when the
-        # profile between them does not fall below valley_ratio of the lower one (ascenders or
-        # descenders of the same line, not a gap between lines); the stronger peak stays.
-        if kept and (p - kept[-1] < min_gap_ratio * period
-                     or smooth[kept[-1]:p].min() > valley_ratio * min(smooth[p], smooth[kept[-1]])):
+    for p in peaks:  # of peaks closer than min_gap_ratio · period, keep the stronger
+        if kept and p - kept[-1] < min_gap_ratio * period:
             if smooth[p] > smooth[kept[-1]]:
                 kept[-1] = p
             continue
