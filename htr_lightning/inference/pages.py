@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from htr_lightning.data.batching import collate_lines
+from htr_lightning.data.batching import WIDTH_MULTIPLE, collate_lines
 from htr_lightning.data.readers.pagexml import read_page_file
 from htr_lightning.data.samples import BadSampleError, LineSample
 from htr_lightning.data.transforms import LinePreprocessor
@@ -47,6 +47,15 @@ class SourceLine:
     count: int
     image: Image.Image
     box: tuple[int, int, int, int] | None
+
+    def item(self, preprocess: LinePreprocessor) -> dict:
+        """The line as a dataset item (the :func:`~htr_lightning.data.batching.collate_lines`
+        keys) with its ``meta``: source, index, count and box, what :class:`PageAssembler`
+        needs to put its input back together."""
+        tensor, width = preprocess(self.image)
+        return {"image": tensor, "width": width, "text": "", "id": f"{self.source}#{self.index}",
+                "meta": {"source": self.source, "index": self.index, "count": self.count,
+                         "box": self.box}}
 
 
 def source_lines(source: str | Path | Image.Image, segment: str = "auto",
@@ -118,11 +127,7 @@ class PredictLines(IterableDataset):
             if not lines:
                 yield _empty(source, "no text line found")
             for line in lines:
-                tensor, width = self.preprocess(line.image)
-                yield {"image": tensor, "width": width, "text": "",
-                       "id": f"{line.source}#{line.index}",
-                       "meta": {"source": line.source, "index": line.index, "count": line.count,
-                                "box": list(line.box) if line.box else None}}
+                yield line.item(self.preprocess)
 
 
 def _empty(source: str, error: str) -> dict:
@@ -130,14 +135,25 @@ def _empty(source: str, error: str) -> dict:
                                     "error": error}}
 
 
-def collate_predict(items: list[dict]) -> dict:
+def collate_predict(items: list[dict], width_multiple: int = WIDTH_MULTIPLE) -> dict:
     """:func:`~htr_lightning.data.batching.collate_lines` over the line items, plus ``meta``
     (one dict per line) and ``empty`` (the metas of inputs without lines)."""
     lines = [it for it in items if it["image"] is not None]
-    batch = collate_lines(lines)
+    batch = collate_lines(lines, pad_to=width_multiple)
     batch["meta"] = [it["meta"] for it in lines]
     batch["empty"] = [it["meta"] for it in items if it["image"] is None]
     return batch
+
+
+def prediction_records(batch: dict, hyps: Sequence[Hypothesis]) -> list[dict]:
+    """What ``predict_step`` returns: one ``{"id", "text", "confidence"}`` dict per line of the
+    batch, merged with the line's ``meta`` when the batch carries one (batches of
+    :class:`PredictLines`), then the metas of the batch's inputs without lines (``count`` 0),
+    so a writer can put every input back together with :class:`PageAssembler`."""
+    metas = batch.get("meta") or [{} for _ in hyps]
+    records = [{"id": i, "text": h.text, "confidence": h.confidence, **meta}
+               for i, h, meta in zip(batch["ids"], hyps, metas)]
+    return records + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
 
 
 class PageAssembler:
@@ -172,14 +188,9 @@ class PageAssembler:
 
 
 def lines_to_batch(lines: Sequence[SourceLine], preprocess: LinePreprocessor,
-                   width_multiple: int = 32) -> dict:
-    """Preprocesses lines into one batch (the training contract)."""
-    items = []
-    for line in lines:
-        tensor, width = preprocess(line.image)
-        items.append({"image": tensor, "width": width, "text": "",
-                      "id": f"{line.source}#{line.index}"})
-    return collate_lines(items, pad_to=width_multiple)
+                   width_multiple: int = WIDTH_MULTIPLE) -> dict:
+    """Preprocesses lines into one batch (the training contract) plus their ``meta``."""
+    return collate_predict([line.item(preprocess) for line in lines], width_multiple)
 
 
 @dataclass(frozen=True)
@@ -212,7 +223,7 @@ def transcribe_sources(
     preprocess: LinePreprocessor,
     segment: str = "auto",
     batch_size: int = 16,
-    width_multiple: int = 32,
+    width_multiple: int = WIDTH_MULTIPLE,
 ) -> Transcription | list[Transcription]:
     """Splits inputs into lines, recognises them in batches and puts each input back together;
     shared by :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` and the
@@ -234,16 +245,13 @@ def transcribe_sources(
     names = [f"<image {i}>" if isinstance(item, Image.Image) else str(item)
              for i, item in enumerate(items)]
     lines = [line for item, name in zip(items, names) for line in source_lines(item, segment, name)]
-    hyps: list[Hypothesis] = []
-    for start in range(0, len(lines), batch_size):
-        hyps += recognise(lines_to_batch(lines[start : start + batch_size], preprocess,
-                                         width_multiple))
     assembler, results = PageAssembler(), {}
-    for line, hyp in zip(lines, hyps):
-        done = assembler.add({"source": line.source, "index": line.index, "count": line.count,
-                              "box": line.box, "text": hyp.text, "confidence": hyp.confidence})
-        if done is not None:
-            results[done["id"]] = done
+    for start in range(0, len(lines), batch_size):
+        batch = lines_to_batch(lines[start : start + batch_size], preprocess, width_multiple)
+        for record in prediction_records(batch, recognise(batch)):
+            done = assembler.add(record)
+            if done is not None:
+                results[done["id"]] = done
     out = []
     for name in names:
         done = results.get(name) or {"text": "", "confidence": 0.0, "lines": []}

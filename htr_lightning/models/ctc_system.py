@@ -14,7 +14,7 @@ from torch import nn
 
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
-from htr_lightning.inference.pages import Transcription, transcribe_sources
+from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
 from htr_lightning.metrics import ErrorRate
 from htr_lightning.text import CTCTokenizer
 
@@ -195,13 +195,8 @@ class CTCSystem(pl.LightningModule):
         :class:`~htr_lightning.inference.pages.PredictLines` also carry each line's ``meta``
         (source, index, count, box), returned merged into its dict, and the metas of inputs
         without lines (``count`` 0), so a writer can put pages back together."""
-        out: list[dict] = []
-        if batch["ids"]:
-            hyps = self.decode(*self(batch["images"], batch["widths"]))
-            metas = batch.get("meta") or [{} for _ in hyps]
-            out = [{"id": i, "text": h.text, "confidence": h.confidence, **meta}
-                   for i, h, meta in zip(batch["ids"], hyps, metas)]
-        return out + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
+        hyps = self.decode(*self(batch["images"], batch["widths"])) if batch["ids"] else []
+        return prediction_records(batch, hyps)
 
     # ---------------------------------------------------------------------- inference
     @torch.inference_mode()

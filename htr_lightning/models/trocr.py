@@ -48,7 +48,7 @@ from transformers import (
 
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
-from htr_lightning.inference.pages import Transcription, transcribe_sources
+from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
 from htr_lightning.metrics import ErrorRate
 
 log = logging.getLogger("htr_lightning.models")
@@ -592,13 +592,8 @@ class TrOCRSystem(pl.LightningModule):
         """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line, with each line's
         ``meta`` and the inputs without lines, as :meth:`CTCSystem.predict_step
         <htr_lightning.models.CTCSystem.predict_step>` returns them for the prediction writer."""
-        out: list[dict] = []
-        if batch["ids"]:
-            hyps = self.generate(self.pixel_values(batch["images"], batch["widths"]))
-            metas = batch.get("meta") or [{} for _ in hyps]
-            out = [{"id": i, "text": h.text, "confidence": h.confidence, **meta}
-                   for i, h, meta in zip(batch["ids"], hyps, metas)]
-        return out + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
+        hyps = self.generate(self.pixel_values(batch["images"], batch["widths"])) if batch["ids"] else []
+        return prediction_records(batch, hyps)
 
     @torch.inference_mode()
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
