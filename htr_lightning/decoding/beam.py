@@ -47,7 +47,7 @@ class _LMRows:
 
     def row(self, prefix: str) -> int:
         """The matrix row for the LM context of ``prefix`` (computed on first use)."""
-        key = self.lm._key(prefix)
+        key = self.lm.context_key(prefix)
         i = self._rows.get(key)
         if i is None:
             i = len(self._rows)

@@ -216,8 +216,9 @@ class CharNgramLM:
                    {h: math.log(g) for h, g in backoffs.items()},
                    unk_log_prob=math.log(uniform))
 
-    def _key(self, context: str) -> str:
-        """The last ``order - 1`` characters of the context, ``<s>``-padded at line start.
+    def context_key(self, context: str) -> str:
+        """The last ``order - 1`` characters of the context, ``<s>``-padded at line start:
+        contexts with one key share one next-symbol distribution, so callers cache by it.
 
         :meth:`log_prob` and :meth:`log_probs` inline this, to save a call.
         """
