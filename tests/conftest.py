@@ -3,21 +3,9 @@
 import os
 
 import pytest
+from tiny_systems import TINY_TEACHER
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-# A tiny teacher: the same class as the real one, a few hundred parameters per layer.
-# Height 32 with the fourth pool on height only keeps 4 px of width per frame.
-TINY_TEACHER = dict(
-    height=32,
-    channels=[4, 8, 8, 8, 8],
-    pools=[[2, 2], [2, 2], [2, 1], [2, 1], None],
-    lstm_hidden=8,
-    lstm_layers=1,
-    heads=1,
-    se_reduction=2,
-)
-
 
 @pytest.fixture
 def tiny_teacher_kwargs():

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import nbformat
-import torch
 from nbclient import NotebookClient
+
+from tiny_systems import save_cli_checkpoint
 
 from htr_lightning.data.synthetic import SyntheticLines
 from htr_lightning.models import TeacherSystem
@@ -12,10 +13,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "examples" / "quickstart.ipynb"
 
 def test_quickstart_notebook_runs(tmp_path, monkeypatch, tiny_teacher_kwargs):
     model = TeacherSystem(charset=SyntheticLines.charset, **tiny_teacher_kwargs)
-    ckpt = tmp_path / "tiny.ckpt"
-    hparams = {**model.hparams, "_class_path": "htr_lightning.models.TeacherSystem"}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
-                "pytorch-lightning_version": "2.6.0"}, ckpt)
+    ckpt = save_cli_checkpoint(model, tmp_path / "tiny.ckpt")
     monkeypatch.setenv("HTR_CKPT", str(ckpt))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from conftest import TINY_TEACHER
+from tiny_systems import TINY_TEACHER
 from htr_lightning.models import TeacherSystem
 
 CHARSET = "abcdefgh "

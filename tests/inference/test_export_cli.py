@@ -1,7 +1,7 @@
-import lightning
 import pytest
 import torch
 from helpers_export import line_images, padded_batch, tiny_system
+from tiny_systems import save_cli_checkpoint
 
 from htr_lightning.cli import main
 from htr_lightning.inference.export import load_bundle
@@ -13,14 +13,7 @@ from htr_lightning.models import StudentSystem, load_system
 def checkpoint(tmp_path):
     """A Lightning-style checkpoint of a tiny student, as ``htr-lightning fit`` writes it (the CLI
     stores the class path with the hyperparameters)."""
-    model = tiny_system(StudentSystem)
-    path = tmp_path / "tiny.ckpt"
-    torch.save({"state_dict": model.state_dict(),
-                "hyper_parameters": {**model.hparams,
-                                     "_class_path": "htr_lightning.models.StudentSystem",
-                                     "_instantiator": "lightning.pytorch.cli.instantiate_module"},
-                "pytorch-lightning_version": lightning.__version__}, path)
-    return path
+    return save_cli_checkpoint(tiny_system(StudentSystem), tmp_path / "tiny.ckpt")
 
 
 def test_export_command_writes_onnx_and_bundle(checkpoint, tmp_path, capsys):

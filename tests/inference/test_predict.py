@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from tiny_systems import save_cli_checkpoint
+
 from htr_lightning.cli import cli_main
 from htr_lightning.data.synthetic import SyntheticLines, compose_page
 from htr_lightning.inference.pages import PageAssembler, source_lines
@@ -94,10 +96,7 @@ def test_assembler_waits_for_every_line():
 def test_predict_cli_over_pages_lines_and_broken_files(tmp_path, monkeypatch, tiny_teacher_kwargs):
     monkeypatch.setattr(sys, "argv", ["htr-lightning"])
     model = TeacherSystem(charset=SyntheticLines.charset, **tiny_teacher_kwargs)
-    ckpt = tmp_path / "tiny.ckpt"
-    hparams = {**model.hparams, "_class_path": "htr_lightning.models.TeacherSystem"}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams,
-                "pytorch-lightning_version": "2.6.0"}, ckpt)
+    ckpt = save_cli_checkpoint(model, tmp_path / "tiny.ckpt")
     inputs = tmp_path / "in"
     inputs.mkdir()
     page, _ = _page(5, seed=5)

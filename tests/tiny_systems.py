@@ -1,0 +1,29 @@
+"""Tiny system settings and a checkpoint writer shared by test modules (importable by name,
+unlike ``conftest``, of which tests/ holds more than one)."""
+
+import lightning
+import torch
+
+# A tiny teacher: the same class as the real one, a few hundred parameters per layer.
+# Height 32 with the fourth pool on height only keeps 4 px of width per frame.
+TINY_TEACHER = dict(
+    height=32,
+    channels=[4, 8, 8, 8, 8],
+    pools=[[2, 2], [2, 2], [2, 1], [2, 1], None],
+    lstm_hidden=8,
+    lstm_layers=1,
+    heads=1,
+    se_reduction=2,
+)
+
+
+def save_cli_checkpoint(model, path):
+    """Writes ``model`` as ``htr-lightning fit`` does: a Lightning checkpoint whose
+    hyperparameters carry the class path the CLI stores. Returns ``path``."""
+    cls = type(model)
+    torch.save({"state_dict": model.state_dict(),
+                "hyper_parameters": {**model.hparams,
+                                     "_class_path": f"htr_lightning.models.{cls.__name__}",
+                                     "_instantiator": "lightning.pytorch.cli.instantiate_module"},
+                "pytorch-lightning_version": lightning.__version__}, path)
+    return path
