@@ -20,7 +20,9 @@ from typing import Optional, Union
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins import CheckpointIO
 
+from htr_lightning.checkpoints import LastCheckpoint, SafeCheckpointIO, load_checkpoint_file
 from htr_lightning.data.datamodule import HTRDataModule
 from htr_lightning.inference.pages import PageAssembler
 
@@ -90,8 +92,9 @@ class TranscriptionWriter(Callback):
 
 
 class HTRLightningCLI(LightningCLI):
-    """LightningCLI with our links and always-on callbacks (best checkpoint by ``val_cer``,
-    ``last.ckpt`` for resuming, learning-rate logging, transcription writer)."""
+    """LightningCLI with our links, always-on callbacks (best checkpoint by ``val_cer``,
+    ``last.ckpt`` for resuming, learning-rate logging, transcription writer) and checkpoint files
+    written atomically and read without pickle (:mod:`htr_lightning.checkpoints`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.charset", "model.init_args.charset", apply_on="instantiate")
@@ -103,9 +106,14 @@ class HTRLightningCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val_cer",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
+            # last.ckpt comes from LastCheckpoint ("last" below), which also refreshes it
+            # when val_cer does not improve.
+            "checkpoint.save_last": False,
             "checkpoint.filename": "best-{epoch}-{step}-{val_cer:.4f}",
         })
+        # After "checkpoint": Lightning keeps the given order among checkpoint callbacks, so
+        # last.ckpt is written after the best checkpoint's bookkeeping at each validation.
+        parser.add_lightning_class_args(LastCheckpoint, "last")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TranscriptionWriter, "output")
         parser.add_argument(
@@ -119,6 +127,38 @@ class HTRLightningCLI(LightningCLI):
         """Remembers the run's ``--decoder`` before the classes are built."""
         sub = self.config.get(self.subcommand) if self.subcommand else self.config
         self._decoder = sub.get("decoder") if sub is not None else None
+
+    def instantiate_trainer(self, **kwargs):
+        """The trainer, with :class:`SafeCheckpointIO` unless the config names a CheckpointIO."""
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        return super().instantiate_trainer(plugins=plugins, **kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Reads the model's hyperparameters from ``--ckpt_path`` into the config, as
+        LightningCLI does, but through :func:`~htr_lightning.checkpoints.load_checkpoint_file`:
+        LightningCLI's own reading hard-codes ``weights_only=True``, so a file needing pickle
+        got torch's bare error, and ``--weights_only false`` could not open it."""
+        sub = self.config.get("subcommand")
+        if not sub:
+            return
+        ckpt_path = self.config[sub].get("ckpt_path")
+        if not (ckpt_path and Path(ckpt_path).is_file()):
+            return
+        checkpoint = load_checkpoint_file(ckpt_path, "cpu", self.config[sub].get("weights_only"))
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"{ckpt_path}: its hyperparameters do not parse as a model config\n")
+            raise
 
     def after_instantiate_classes(self) -> None:
         """Applies ``--decoder`` to the model."""

@@ -27,3 +27,24 @@ def save_cli_checkpoint(model, path):
                                      "_instantiator": "lightning.pytorch.cli.instantiate_module"},
                 "pytorch-lightning_version": lightning.__version__}, path)
     return path
+
+
+def tiny_teacher_cli_args() -> list[str]:
+    """TINY_TEACHER as ``--model.<name>=<value>`` command-line arguments."""
+    import json
+
+    return [f"--model.{key}={json.dumps(value)}" for key, value in TINY_TEACHER.items()
+            if key != "height"]
+
+
+class Throttle(lightning.pytorch.Callback):
+    """Sleeps after each training step, so that a subprocess run lasts long enough to be
+    killed mid-epoch."""
+
+    def __init__(self, seconds: float = 0.1) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        import time
+
+        time.sleep(self.seconds)

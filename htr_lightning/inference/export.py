@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import htr_lightning
+from htr_lightning.checkpoints import UnsafeCheckpointError, load_checkpoint_file
 from htr_lightning.data.batching import WIDTH_MULTIPLE
 from htr_lightning.inference.runtime import FORMAT, FORMAT_VERSION, read_metadata, sidecar_path
 from htr_lightning.models import CTCSystem, load_system, resolve_system_class
@@ -238,7 +239,9 @@ def load_checkpoint(path: str | Path) -> lightning.pytorch.LightningModule:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint_file(path)
+    except UnsafeCheckpointError:
+        raise  # it is a checkpoint, one that needs pickle: say that, not "not a checkpoint"
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a PyTorch checkpoint ({first_line})") from None

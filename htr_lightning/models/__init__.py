@@ -1,5 +1,6 @@
 """LightningModules ("systems"): loss, optimisers, metrics, decoding, predict_step."""
 
+from htr_lightning.models.base import HTRSystem
 from htr_lightning.models.best_practices import BestPracticesSystem
 from htr_lightning.models.ctc_system import CTCSystem
 from htr_lightning.models.llm_augmented import LLMAugmentedSystem
@@ -7,7 +8,7 @@ from htr_lightning.models.loading import load_system, resolve_system_class, syst
 from htr_lightning.models.student import StudentSystem, distillation_loss
 from htr_lightning.models.teacher import TeacherSystem
 
-__all__ = ["BestPracticesSystem", "CTCSystem", "LLMAugmentedSystem", "StudentSystem",
+__all__ = ["BestPracticesSystem", "CTCSystem", "HTRSystem", "LLMAugmentedSystem", "StudentSystem",
            "TeacherSystem", "TrOCRSystem", "distillation_loss", "load_system",
            "resolve_system_class", "system_class"]
 

@@ -6,7 +6,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -16,6 +15,7 @@ from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
 from htr_lightning.metrics import ErrorRate
+from htr_lightning.models.base import HTRSystem
 from htr_lightning.text import CTCTokenizer
 
 log = logging.getLogger("htr_lightning.models")
@@ -31,7 +31,7 @@ def ctc_feasible(frames: torch.Tensor, targets: Sequence[Sequence[int]]) -> torc
     return frames.cpu() >= torch.tensor(need, dtype=torch.long)
 
 
-class CTCSystem(pl.LightningModule):
+class CTCSystem(HTRSystem):
     """Base LightningModule for CTC line recognisers.
 
     Subclasses build ``self.net`` (an nn.Module mapping ``(images, widths)`` to
@@ -220,15 +220,11 @@ class CTCSystem(pl.LightningModule):
         Raises:
             BadSampleError: naming the file, when an input cannot be read.
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return transcribe_sources(
                 images, lambda batch: self.decode(*self(batch["images"].to(self.device),
                                                         batch["widths"])),
                 self.preprocess, segment, batch_size)
-        finally:
-            self.train(was_training)
 
     # ---------------------------------------------------------------------- optimiser
     def configure_optimizers(self):

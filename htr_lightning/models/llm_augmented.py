@@ -192,10 +192,12 @@ class LLMAugmentedSystem(BestPracticesSystem):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keeps what :meth:`trains` keeps: no weight of the LM enters the checkpoint."""
+        super().on_save_checkpoint(checkpoint)
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if self.trains(k)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Without a loaded LM (inference), its adapter weights wait until fitting loads it."""
+        super().on_load_checkpoint(checkpoint)
         if self.llm is None:
             state = checkpoint["state_dict"]
             self._pending_llm_state = {k: state.pop(k) for k in [k for k in state if k.startswith("llm.")]}

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
+from htr_lightning.checkpoints import load_checkpoint_file
 from htr_lightning.models.ctc_system import CTCSystem
 
 
@@ -35,14 +36,17 @@ def resolve_system_class(class_path: str, base: type[pl.LightningModule] = CTCSy
     return cls
 
 
-def system_class(path: str | Path) -> type[pl.LightningModule]:
+def system_class(path: str | Path, weights_only: bool | None = None) -> type[pl.LightningModule]:
     """The system class a checkpoint was trained with.
 
     Read from the ``_class_path`` that ``htr-lightning`` stores with the hyperparameters (see
     :func:`resolve_system_class`). CTC checkpoints saved outside the CLI have no class path:
     TeacherSystem (TrOCRSystem stores its own).
+
+    Raises:
+        UnsafeCheckpointError: when the file needs pickle and ``weights_only`` is not False.
     """
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    hparams = load_checkpoint_file(path, "cpu", weights_only).get("hyper_parameters", {})
     class_path = hparams.get("_class_path", "htr_lightning.models.TeacherSystem")
     try:
         return resolve_system_class(class_path, base=pl.LightningModule)
@@ -50,6 +54,16 @@ def system_class(path: str | Path) -> type[pl.LightningModule]:
         raise ValueError(f"{path}: {err}") from None
 
 
-def load_system(path: str | Path, map_location: str | torch.device = "cpu") -> pl.LightningModule:
-    """``load_from_checkpoint`` on the checkpoint's own class, in eval mode."""
-    return system_class(path).load_from_checkpoint(path, map_location=map_location).eval()
+def load_system(path: str | Path, map_location: str | torch.device = "cpu",
+                weights_only: bool | None = None) -> pl.LightningModule:
+    """``load_from_checkpoint`` on the checkpoint's own class, in eval mode.
+
+    Args:
+        path: Checkpoint file.
+        map_location: Device for the weights.
+        weights_only: None/True reads tensors and plain values only (refusing a file that needs
+            pickle, see :mod:`htr_lightning.checkpoints`); False unpickles a file you trust.
+    """
+    cls = system_class(path, weights_only)
+    return cls.load_from_checkpoint(path, map_location=map_location,
+                                    weights_only=weights_only is not False).eval()

@@ -33,7 +33,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -50,6 +49,7 @@ from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
 from htr_lightning.metrics import ErrorRate
+from htr_lightning.models.base import HTRSystem
 
 log = logging.getLogger("htr_lightning.models")
 
@@ -220,7 +220,7 @@ def _last_layers(module: nn.Module, n: int, what: str) -> set[str]:
     return names
 
 
-class TrOCRSystem(pl.LightningModule):
+class TrOCRSystem(HTRSystem):
     """Fine-tunes a ``VisionEncoderDecoderModel`` (TrOCR) on the standard HTR batches.
 
     The model, its tokenizer and its image processor come from ``pretrained`` (a hub name such
@@ -613,15 +613,11 @@ class TrOCRSystem(pl.LightningModule):
             One :class:`~htr_lightning.inference.pages.Transcription` per input (a single one
             for a single input).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return transcribe_sources(
                 images, lambda batch: self.generate(self.pixel_values(
                     batch["images"].to(self.device), batch["widths"])),
                 self.preprocess, segment, batch_size)
-        finally:
-            self.train(was_training)
 
     # -------------------------------------------------------------------- checkpoints
     def is_trainable(self, key: str) -> bool:
@@ -641,6 +637,7 @@ class TrOCRSystem(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keeps only the trained parameters; the frozen rest is rebuilt from ``pretrained``."""
+        super().on_save_checkpoint(checkpoint)
         keep = self._trained_keys()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["trocr_frozen_checksum"] = self._frozen_checksum()
@@ -655,6 +652,7 @@ class TrOCRSystem(pl.LightningModule):
             ValueError: if a trained parameter is missing, or the frozen weights found at
                 ``pretrained`` are not those the checkpoint was trained on.
         """
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         missing = sorted(k for k in self._trained_keys() if k not in state)
         if missing:

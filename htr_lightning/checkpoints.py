@@ -1,0 +1,188 @@
+"""Checkpoint files that survive crashes and are safe to open.
+
+- :class:`SafeCheckpointIO` (a Lightning ``CheckpointIO`` plugin, installed by the CLI) writes
+  every checkpoint to a temporary file in the target folder and renames it into place, so a
+  kill during a write never leaves a half-written file under a checkpoint's name; and it reads
+  checkpoints with ``torch.load(weights_only=True)`` unless the user opts out.
+- :class:`LastCheckpoint` keeps ``last.ckpt`` fresh for ``--ckpt_path last``: after every
+  validation, every few minutes and optionally every N steps, whether or not ``val_cer``
+  improved.
+- :func:`load_checkpoint_file` is the one safe ``torch.load`` that everything else calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
+
+log = logging.getLogger("htr_lightning")
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint needs pickle (arbitrary code) to load and the user did not opt in."""
+
+
+def refuse_pickle(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
+    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err``."""
+    detail = str(err).strip().splitlines()
+    reason = next((line.strip() for line in detail if "Unsupported global" in line), detail[0] if detail else "")
+    return UnsafeCheckpointError(
+        f"{path}: refused to load: the file holds objects that only pickle can rebuild "
+        f"({reason}), and unpickling can run arbitrary code. htr_lightning checkpoints never need "
+        "it. If you trust where this file comes from, load it with weights_only=False "
+        "(CLI: --weights_only false)."
+    )
+
+
+def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu",
+                         weights_only: bool | None = None) -> dict:
+    """``torch.load`` of a checkpoint, without pickle unless ``weights_only=False``.
+
+    Args:
+        path: The file.
+        map_location: As for ``torch.load``.
+        weights_only: None or True: tensors and plain values only (our checkpoints hold nothing
+            else); False: full unpickling, for files you trust.
+
+    Raises:
+        UnsafeCheckpointError: naming the file, when it needs pickle and ``weights_only`` is not
+            False.
+    """
+    safe = weights_only is not False
+    try:
+        return torch.load(path, map_location=map_location, weights_only=safe)
+    except pickle.UnpicklingError as err:
+        if safe:
+            raise refuse_pickle(path, err) from None
+        raise
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Atomic checkpoint writes and pickle-free reads.
+
+    Lightning's own writer stages through an fsspec transaction whose temporary file lives in
+    the system temp folder, so the final move can be a copy across file systems, and it never
+    syncs to disk. Here the temporary file sits beside the target, is fsynced, and
+    ``os.replace`` swaps it in: the file under a checkpoint's name is always a complete old or
+    complete new checkpoint. Remote paths (``s3://`` ...) go to Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        """Writes ``checkpoint`` to ``path`` atomically (see the class docstring)."""
+        if not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        if storage_options is not None:
+            raise TypeError("SafeCheckpointIO.save_checkpoint takes no storage_options")
+        target = Path(str(path).removeprefix("file://"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable (POSIX; not possible on every file system)
+            folder = os.open(target.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError:
+            pass
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Reads a checkpoint with :func:`load_checkpoint_file` (no pickle unless
+        ``weights_only=False``)."""
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location, weights_only is not False)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return load_checkpoint_file(path, map_location, weights_only)
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``last.ckpt`` beside the best checkpoints so that ``--ckpt_path last`` resumes
+    from at most a few minutes back.
+
+    Saved after every validation, at the end of training, every ``every_minutes`` of training
+    and every ``every_n_train_steps`` steps, whether or not ``val_cer`` improved. (Lightning's
+    ``save_last`` on a ``ModelCheckpoint`` that monitors ``val_cer`` refreshes ``last.ckpt``
+    only when a best checkpoint is written at a validation, and holds back step-triggered
+    saves until the first validation: a long first epoch, or an epoch that does not improve,
+    would leave nothing recent to resume from.)
+
+    The file goes to the folder of the trainer's ``ModelCheckpoint`` (the CLI's
+    ``--checkpoint.dirpath``), where Lightning looks for ``last.ckpt``.
+
+    Args:
+        every_minutes: Save at the first step after this much time since the last save (0: off).
+        every_n_train_steps: Also save every this many optimizer steps (0: off).
+        filename: File name in the checkpoint folder.
+    """
+
+    def __init__(self, every_minutes: float = 10.0, every_n_train_steps: int = 0,
+                 filename: str = "last.ckpt") -> None:
+        if every_minutes < 0 or every_n_train_steps < 0:
+            raise ValueError("every_minutes and every_n_train_steps must be >= 0")
+        self.every_minutes = every_minutes
+        self.every_n_train_steps = every_n_train_steps
+        self.filename = filename
+        self._saved_step: int | None = None
+        self._saved_at = time.monotonic()
+
+    def path(self, trainer) -> Path:
+        """Where ``last.ckpt`` goes: the ModelCheckpoint's folder, else the trainer's
+        ``default_root_dir``."""
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
+        return Path(folder) / self.filename
+
+    def _save(self, trainer) -> None:
+        if (trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit"
+                or self._saved_step == trainer.global_step):
+            return
+        trainer.save_checkpoint(self.path(trainer))
+        self._saved_step = trainer.global_step
+        self._saved_at = time.monotonic()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Starts the clock (a resumed run counts from its own start)."""
+        self._saved_at = time.monotonic()
+        self._saved_step = trainer.global_step  # that state is already on disk when resuming
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Saves when a step or time trigger is due."""
+        step = trainer.global_step
+        due = self.every_n_train_steps > 0 and step % self.every_n_train_steps == 0
+        if not due and self.every_minutes > 0:
+            late = time.monotonic() - self._saved_at >= 60 * self.every_minutes
+            # Each process has its own clock; rank 0 decides so that all save together
+            # (trainer.save_checkpoint is collective).
+            due = bool(trainer.strategy.broadcast(late))
+        if due:
+            self._save(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        """Saves after each validation (after the best-checkpoint callback has recorded it:
+        Lightning runs checkpoint callbacks last, in the order they were given)."""
+        self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        """Saves the final state."""
+        self._save(trainer)

@@ -1,0 +1,104 @@
+"""HTRSystem: what every htr_lightning LightningModule shares, CTC or TrOCR.
+
+- Safe loading: ``load_from_checkpoint`` reads without pickle unless the caller passes
+  ``weights_only=False`` (see :mod:`htr_lightning.checkpoints`).
+- Non-finite steps: an optimizer step whose gradients hold NaN or inf (a NaN/inf loss, or an
+  overflow in backward) is skipped, with a warning and a counter, instead of writing NaN into
+  the weights and the optimizer's moments.
+- :meth:`evaluating`, the eval-mode switch ``transcribe`` uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+from collections.abc import Iterator
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
+
+from htr_lightning.checkpoints import refuse_pickle
+
+log = logging.getLogger("htr_lightning.models")
+
+
+class HTRSystem(pl.LightningModule):
+    """Base class of the systems in :mod:`htr_lightning.models`.
+
+    Attributes:
+        skipped_steps: Optimizer steps skipped for non-finite gradients in this run (also
+            logged as ``train_skipped_steps`` and kept in checkpoints).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped_steps = 0
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None,
+                             strict=None, weights_only: bool | None = None, **kwargs):
+        """Lightning's ``load_from_checkpoint``, reading the file without pickle unless
+        ``weights_only=False`` (our checkpoints hold only tensors and plain values).
+
+        Raises:
+            UnsafeCheckpointError: naming the file, when it needs pickle and ``weights_only`` is
+                not False.
+        """
+        safe = weights_only is not False
+        try:
+            return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
+                                                hparams_file=hparams_file, strict=strict,
+                                                weights_only=safe, **kwargs)
+        except pickle.UnpicklingError as err:
+            if safe:
+                raise refuse_pickle(checkpoint_path, err) from None
+            raise
+
+    # ------------------------------------------------------------------ non-finite steps
+    def _scaler_guards_steps(self) -> bool:
+        """float16 mixed precision: its GradScaler already skips steps with inf/NaN gradients
+        (and lowers the scale; an overflow there is routine, not a fault)."""
+        trainer = self._trainer
+        plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+        return isinstance(plugin, MixedPrecision) and plugin.scaler is not None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skips the coming optimizer step when any gradient is NaN or inf.
+
+        The gradients are dropped (set to None), so the optimizer leaves every parameter and
+        its moments untouched; the learning-rate schedule goes on. Under DDP the gradients are
+        already averaged across processes, so all of them decide alike.
+        """
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        if not grads or self._scaler_guards_steps():
+            return
+        # One fused pass; the norm is NaN or inf iff an entry is (or the gradients overflow).
+        if bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            return
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        log.warning("step %d: NaN or inf in the loss or gradients; optimizer step skipped "
+                    "(%d so far in this run)", self.global_step, self.skipped_steps)
+        self.log("train_skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Keeps the skipped-step counter with the run."""
+        checkpoint["htr_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restores the skipped-step counter."""
+        self.skipped_steps = int(checkpoint.get("htr_skipped_steps", 0))
+
+    # ------------------------------------------------------------------------- inference
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Eval mode inside the block, the previous mode after it."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)

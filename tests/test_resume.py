@@ -1,0 +1,135 @@
+"""Crash and resume: ``htr-lightning fit`` killed with SIGKILL mid-epoch, then resumed with
+``--ckpt_path last``, finishes its plan with the optimizer and scheduler carried over."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from htr_lightning.cli import cli_main
+from htr_lightning.models import load_system
+
+TESTS = Path(__file__).resolve().parent
+EPOCHS, TRAIN_LINES, BATCH = 3, 24, 4
+STEPS_PER_EPOCH = TRAIN_LINES // BATCH
+LR, WARMUP = 0.003, 0.3
+
+
+def _config(tmp_path: Path, throttle: float) -> Path:
+    from tiny_systems import TINY_TEACHER
+
+    config = {
+        "seed_everything": 0,
+        "model": {"class_path": "htr_lightning.models.TeacherSystem",
+                  "init_args": {**{k: v for k, v in TINY_TEACHER.items() if k != "height"},
+                                "lr": LR, "warmup": WARMUP, "scheduler": "onecycle"}},
+        "data": {"dataset": "synthetic", "height": TINY_TEACHER["height"], "batch_size": BATCH,
+                 "augment": False, "num_workers": 0, "reader_options": {"max_words": 2},
+                 "synthetic_size": {"train": TRAIN_LINES, "val": 4, "test": 4}},
+        "checkpoint": {"dirpath": str(tmp_path / "ckpt")},
+        # A save every 2 steps: the kill below lands between saves, mid-epoch.
+        "last": {"every_n_train_steps": 2, "every_minutes": 0},
+        "trainer": {"max_epochs": EPOCHS, "log_every_n_steps": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path),
+                    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                               "init_args": {"save_dir": str(tmp_path / "logs")}},
+                    "callbacks": [{"class_path": "tiny_systems.Throttle",
+                                   "init_args": {"seconds": throttle}}]},
+    }
+    path = tmp_path / f"fit_{throttle}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _fit(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "htr_lightning.cli", "fit", "--config", str(config), *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+            "HF_HUB_OFFLINE": "1"}
+
+
+def _step(path: Path) -> int:
+    return int(torch.load(path, weights_only=True)["global_step"])
+
+
+def _expected_lrs(total: int) -> list[float]:
+    """The learning rate at the start of each step under the uninterrupted OneCycle plan."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=total,
+                                                pct_start=WARMUP, anneal_strategy="cos")
+    lrs = []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def _check_every_checkpoint_loads(folder: Path) -> list[Path]:
+    files = sorted(folder.glob("*.ckpt"))
+    for path in files:
+        torch.load(path, weights_only=True)
+        assert load_system(path).tokenizer is not None
+    return files
+
+
+def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
+    ckpt_dir = tmp_path / "ckpt"
+    last = ckpt_dir / "last.ckpt"
+    run = subprocess.Popen(_fit(_config(tmp_path, throttle=0.25)), env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            if last.is_file() and _step(last) > 0:
+                run.send_signal(signal.SIGKILL)
+                killed_at = _step(last)
+                break
+            time.sleep(0.02)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        stderr = run.communicate()[1].decode(errors="replace")
+    assert killed_at is not None, f"no last.ckpt before the run ended:\n{stderr[-3000:]}"
+    assert run.returncode == -signal.SIGKILL
+    assert 0 < killed_at < STEPS_PER_EPOCH * EPOCHS and killed_at % STEPS_PER_EPOCH != 0
+    files = _check_every_checkpoint_loads(ckpt_dir)
+    assert last in files
+    # SIGKILL leaves no half-written file under a checkpoint's name (only a hidden .tmp can be left).
+    resumed_from = _step(last)
+
+    # The resume runs in this process (one interpreter start less): the same CLI.
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])  # LightningCLI also reads sys.argv
+    cli = cli_main(["fit", "--config", str(_config(tmp_path, throttle=0.0)), "--ckpt_path", "last"])
+    assert cli.trainer.ckpt_path == str(last)
+
+    final = torch.load(last, weights_only=True)
+    total = STEPS_PER_EPOCH * EPOCHS
+    assert final["global_step"] == total and final["epoch"] == EPOCHS - 1
+    # AdamW counts its own steps: restored, it reaches the plan's total; restarted, it would
+    # count only the steps since the resume.
+    adam_steps = {float(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {float(total)}
+    assert final["lr_schedulers"][0]["last_epoch"] == total
+
+    # The learning rate logged after the resume continues the plan, step for step.
+    logs = sorted((tmp_path / "logs" / "lightning_logs").iterdir())
+    rows = list(csv.DictReader(open(logs[-1] / "metrics.csv")))
+    logged = {int(r["step"]): float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")}
+    expected = _expected_lrs(total)
+    assert min(logged) == resumed_from and max(logged) == total - 1
+    for step, lr in logged.items():
+        assert lr == pytest.approx(expected[step], rel=1e-6), step
+    assert expected[resumed_from] != pytest.approx(expected[0])  # a restart would be visible
+    assert len(list(ckpt_dir.glob("best-*.ckpt"))) == 1
+    _check_every_checkpoint_loads(ckpt_dir)
