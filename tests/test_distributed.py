@@ -86,6 +86,8 @@ def test_val_cer_under_two_processes_equals_single_process(checkpoint, tmp_path)
 
     assert single["val_cer"] == pytest.approx(exact, abs=1e-6)
     assert ddp["val_cer"] == pytest.approx(single["val_cer"], abs=1e-6), (single, ddp, padded)
+    # The loss is a mean over lines too (per-batch means weighted by lines, summed over ranks).
+    assert ddp["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
     assert ddp["val_wer"] == pytest.approx(single["val_wer"], abs=1e-6)
     assert len(seen["ids"]) == VAL_LINES
     assert [r["world_size"] for r in ranks] == [2, 2]
