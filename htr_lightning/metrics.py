@@ -1,14 +1,20 @@
-"""Character and word error rates accumulated over a whole split."""
+"""Character and word error rates, and the loss, accumulated over a whole split."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import editdistance
 import torch
+from torch import nn
 from torchmetrics import Metric
+from torchmetrics.aggregation import MeanMetric
 
 from htr_lightning.text.normalize import normalize_text
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 
 class ErrorRate(Metric):
@@ -59,3 +65,48 @@ class ErrorRate(Metric):
     def compute(self) -> torch.Tensor:
         """Errors / reference units (0 when nothing was seen)."""
         return self.errors.float() / self.total.clamp(min=1).float()
+
+
+def split_metrics(stages: Sequence[str] = ("val", "test")) -> nn.ModuleDict:
+    """The figures a system accumulates over an evaluation split, named as they are logged:
+    ``{stage}_cer``, ``{stage}_wer`` (:class:`ErrorRate`) and ``{stage}_loss`` (a
+    ``MeanMetric``, updated with each batch's mean loss weighted by its lines).
+
+    The loss is a metric too, not a tensor given to ``self.log(..., sync_dist=True)``: Lightning
+    2.6 mean-syncs its integer count of lines across processes and so floors it (Lightning
+    issue #21859), which inflated ``val_loss`` by 7/6 on a 7-line split over 2 processes. The
+    metrics' float sums add up exactly. (``MeanMetric`` drops a NaN loss with a warning.)
+
+    >>> sorted(split_metrics(["val"]))
+    ['val_cer', 'val_loss', 'val_wer']
+    """
+    metrics: dict[str, Metric] = {}
+    for stage in stages:
+        metrics[f"{stage}_cer"] = ErrorRate("char")
+        metrics[f"{stage}_wer"] = ErrorRate("word")
+        metrics[f"{stage}_loss"] = MeanMetric()
+    return nn.ModuleDict(metrics)
+
+
+def log_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Tensor | None,
+                      preds: Sequence[str], texts: Sequence[str]) -> None:
+    """Adds one evaluation batch to ``module.metrics`` (made by :func:`split_metrics`) and logs
+    them; Lightning computes them at epoch end, where their sums are added across processes.
+    Nothing here communicates per step, so processes may run different numbers of batches.
+
+    Args:
+        module: The LightningModule evaluating.
+        stage: "val" or "test".
+        loss: The batch's mean loss, or None when no line of the batch has one.
+        preds: Predicted lines.
+        texts: Reference lines, as many as ``preds``.
+    """
+    n = len(texts)
+    if loss is not None:
+        mean = module.metrics[f"{stage}_loss"]
+        mean.update(loss.detach(), weight=n)
+        module.log(f"{stage}_loss", mean, batch_size=n)
+    for unit in ("cer", "wer"):
+        metric = module.metrics[f"{stage}_{unit}"]
+        metric.update(preds, texts)
+        module.log(f"{stage}_{unit}", metric, prog_bar=unit == "cer", batch_size=n)

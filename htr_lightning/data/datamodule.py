@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Sampler
 
 from htr_lightning.data.batching import LineDataset, WidthBucketSampler, collate_lines
 from htr_lightning.data.readers import READERS
@@ -205,19 +206,47 @@ class HTRDataModule(pl.LightningDataModule):
         if train and self.bucket_by_width:
             sampler = WidthBucketSampler([len(s.text) for s in samples], self.batch_size, seed=self.seed)
             return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
-        return DataLoader(dataset, batch_size=self.batch_size if train else self.eval_batch_size,
-                          shuffle=train, **kwargs)
+        if train:
+            return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, **kwargs)
+        return DataLoader(dataset, batch_size=self.eval_batch_size,
+                          sampler=self._eval_sampler(split, dataset), **kwargs)
+
+    def _eval_sampler(self, split: str, dataset: LineDataset) -> Sampler | None:
+        """Each process's share of a val/test split when the trainer runs several; None (file
+        order) otherwise.
+
+        Lightning would give evaluation loaders a ``DistributedSampler``, which pads the split
+        with repeated lines until it divides by the number of processes, so those lines count
+        twice in the CER and the figure differs from the single-process one. Lightning's
+        ``UnrepeatedDistributedSampler`` (what it uses for ``predict``) deals line ``i`` to
+        process ``i % world_size`` and repeats none; being a ``DistributedSampler`` already,
+        Lightning keeps it. Processes then run batch counts that differ by at most one, which
+        is safe because nothing in evaluation communicates per step (the metrics are summed
+        across processes at epoch end).
+
+        Raises:
+            ValueError: when the split has fewer lines than there are processes (a process
+                without a line would log no metric, and the epoch-end sum would hang).
+        """
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not kwargs or kwargs["num_replicas"] <= 1:
+            return None
+        if 0 < len(dataset) < kwargs["num_replicas"]:
+            raise ValueError(f"the {split} split has {len(dataset)} line(s), fewer than the "
+                             f"{kwargs['num_replicas']} processes evaluating it; use fewer devices")
+        return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (and bucketed) training lines with augmentation."""
         return self._loader("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation lines in file order."""
+        """Validation lines in file order; under several processes, each takes every
+        ``world_size``-th line and no line is repeated (see :meth:`_eval_sampler`)."""
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """Test lines in file order."""
+        """Test lines, shared out across processes as :meth:`val_dataloader` does."""
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader:

@@ -14,7 +14,7 @@ from torch import nn
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
-from htr_lightning.metrics import ErrorRate
+from htr_lightning.metrics import log_split_metrics, split_metrics
 from htr_lightning.models.base import HTRSystem
 from htr_lightning.text import CTCTokenizer
 
@@ -61,10 +61,7 @@ class CTCSystem(HTRSystem):
         self.tokenizer = CTCTokenizer(charset)
         self.preprocess = LinePreprocessor(height=height, fixed_width=fixed_width)
         self.decoder = build_decoder(decoder)
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{unit[0]}er": ErrorRate(unit)
-            for stage in ("val", "test") for unit in ("char", "word")
-        })
+        self.metrics = split_metrics()
         self._infeasible_seen: set[str] = set()
         self.net: nn.Module
 
@@ -167,16 +164,9 @@ class CTCSystem(HTRSystem):
         if not batch["texts"]:
             return []
         log_probs, lengths = self(batch["images"], batch["widths"])
-        n = len(batch["texts"])
         loss = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
-        if loss is not None:
-            self.log(f"{stage}_loss", loss, batch_size=n, sync_dist=True)
         hyps = self.decode(log_probs, lengths)
-        preds = [h.text for h in hyps]
-        for unit in ("c", "w"):
-            metric = self.metrics[f"{stage}_{unit}er"]
-            metric.update(preds, batch["texts"])
-            self.log(f"{stage}_{unit}er", metric, prog_bar=unit == "c", batch_size=n)
+        log_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
         return hyps
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -48,7 +48,7 @@ from transformers import (
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
-from htr_lightning.metrics import ErrorRate
+from htr_lightning.metrics import log_split_metrics, split_metrics
 from htr_lightning.models.base import HTRSystem
 
 log = logging.getLogger("htr_lightning.models")
@@ -320,10 +320,7 @@ class TrOCRSystem(HTRSystem):
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
-        self.metrics = nn.ModuleDict({
-            f"{stage}_{unit[0]}er": ErrorRate(unit)
-            for stage in ("val", "test") for unit in ("char", "word")
-        })
+        self.metrics = split_metrics()
         self._reported: set[str] = set()
         self.model.train()  # from_pretrained returns it in eval mode (dropout off)
 
@@ -567,18 +564,11 @@ class TrOCRSystem(HTRSystem):
     def _eval_step(self, batch: dict, stage: str) -> None:
         if not batch["texts"]:
             return
-        n = len(batch["texts"])
         pixels = self.pixel_values(batch["images"], batch["widths"])
         labels = self.encode_labels(batch["texts"], batch["ids"])
         self._report_cut(labels, batch["ids"])
-        if bool((labels != -100).any()):
-            loss = self(pixels, labels.to(self.device)).loss
-            self.log(f"{stage}_loss", loss, batch_size=n, sync_dist=True)
-        preds = [h.text for h in self.generate(pixels)]
-        for unit in ("c", "w"):
-            metric = self.metrics[f"{stage}_{unit}er"]
-            metric.update(preds, batch["texts"])
-            self.log(f"{stage}_{unit}er", metric, prog_bar=unit == "c", batch_size=n)
+        loss = self(pixels, labels.to(self.device)).loss if bool((labels != -100).any()) else None
+        log_split_metrics(self, stage, loss, [h.text for h in self.generate(pixels)], batch["texts"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Loss, generation and CER/WER accumulation (``val_cer``, ``val_wer``)."""
