@@ -148,9 +148,11 @@ def _local(tag: object) -> str:
 
 
 # Refused before parsing: ElementTree would expand internal entities (billion laughs) and the
-# formats we read never need a DTD. A byte search is enough for UTF-8/Latin-1 documents; UTF-16
-# ones are decoded first so the check cannot be side-stepped by the encoding.
+# formats we read never need a DTD. Expat reads ASCII-compatible 8-bit encodings and UTF-16 in
+# either byte order, with or without a BOM, so the document is searched as Latin-1 and as both
+# UTF-16s: no encoding can hide a declaration from the check.
 _DTD_PATTERN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_PROBE_ENCODINGS = ("latin-1", "utf-16-le", "utf-16-be")
 
 
 def _parse_xml(path: Path, report: SkipReport) -> ET.Element | None:
@@ -160,17 +162,13 @@ def _parse_xml(path: Path, report: SkipReport) -> ET.Element | None:
     except OSError as err:
         report.add(BAD_XML, f"{path} ({err})")
         return None
-    head = data[:4]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and 0 in head[:2]):
-        probe = data.decode("utf-16", errors="replace")
-    else:
-        probe = data.decode("latin-1")
-    if _DTD_PATTERN.search(probe):
+    if any(_DTD_PATTERN.search(data.decode(enc, errors="replace")) for enc in _PROBE_ENCODINGS):
         report.add(DTD_REFUSED, str(path))
         return None
     try:
         return ET.fromstring(data)
-    except ET.ParseError as err:
+    except (ET.ParseError, LookupError, ValueError) as err:
+        # LookupError: an unknown declared encoding; ValueError: a multi-byte one expat lacks.
         report.add(BAD_XML, f"{path} ({err})")
         return None
 
