@@ -142,6 +142,15 @@ def _find_image(stem: Path) -> Path | None:
     return None
 
 
+def _number(text: str | None) -> float | None:
+    """A finite number from an XML attribute, or None (missing, not a number, nan, inf)."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _local(tag: object) -> str:
     """Tag name without namespace, so every PAGE / ALTO schema version matches."""
     return tag.rpartition("}")[2] if isinstance(tag, str) else ""
@@ -340,6 +349,23 @@ def _band_polygon(baseline: np.ndarray, ascent: float, descent: float, pad: floa
     return np.concatenate([upper, lower])
 
 
+# No scan is a billion pixels across: a coordinate beyond this (a 400-digit number in the XML,
+# or a declared page size near zero) makes its polygon or baseline unusable, and keeps the
+# arithmetic below (areas, bands, drawing) finite.
+_MAX_COORDINATE = 1e9
+
+
+def _on_page(points: np.ndarray | None, factor: np.ndarray | None) -> np.ndarray | None:
+    """Points scaled by ``factor`` (page size / declared size), or None when a coordinate is
+    not finite or beyond :data:`_MAX_COORDINATE`."""
+    if points is None:
+        return None
+    if factor is not None:
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and nan are refused below
+            points = points * factor
+    return points if np.all(np.abs(points) <= _MAX_COORDINATE) else None
+
+
 def _encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     # Level 1: grayscale scans barely compress further at higher levels, and encoding time
@@ -374,18 +400,14 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         return [], [(UNREADABLE_IMAGE, f"{where} ({err})")]
     size = gray.size
-    lines = page.lines
+    factor = None
     if page.declared_size is not None and page.declared_size != size:
         # Coordinates refer to the declared page size (exports made on a rescaled image).
         factor = np.array([size[0] / page.declared_size[0], size[1] / page.declared_size[1]])
-        lines = [
-            _Line(
-                ln.line_id, ln.text,
-                None if ln.polygon is None else ln.polygon * factor,
-                None if ln.baseline is None else ln.baseline * factor,
-            )
-            for ln in lines
-        ]
+    lines = [
+        _Line(ln.line_id, ln.text, _on_page(ln.polygon, factor), _on_page(ln.baseline, factor))
+        for ln in page.lines
+    ]
     measured = [_measure(ln, geometry, size) for ln in lines]
     line_height, ascent, descent = _page_band(measured, geometry)
     turned = {0: gray}
