@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from htr_lightning.data.samples import LineSample, SkipReport
+from htr_lightning.data.transforms import to_grayscale
 from htr_lightning.text.normalize import normalize_text
 
 log = logging.getLogger("htr_lightning.data")
@@ -396,8 +397,8 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
     where = str(page.image_path)
     try:
         with Image.open(page.image_path) as opened:
-            gray = opened.convert("L")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            gray = to_grayscale(opened)  # not convert("L"), which turns 16-bit scans white
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return [], [(UNREADABLE_IMAGE, f"{where} ({err})")]
     size = gray.size
     factor = None
@@ -462,7 +463,7 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
     return crops, skipped
 
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit and transparent pages made grayscale like line images
 
 
 def _cache_file(cache_dir: Path, page: _Page, geometry: _Geometry, kind: str) -> Path | None:
