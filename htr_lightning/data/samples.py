@@ -53,7 +53,8 @@ class LineSample:
             with Image.open(src) as im:
                 im.load()
                 return im
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            # SyntaxError: Pillow's word for a corrupt chunk met while decoding ("broken PNG").
             raise BadSampleError(f"{self.path}: cannot read image ({err})") from err
 
 

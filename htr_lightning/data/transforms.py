@@ -24,8 +24,10 @@ def to_grayscale(image: Image.Image) -> Image.Image:
 
     16-bit images are scaled from 0-65535 and 32-bit ones by their own range (PIL's
     ``convert("L")`` would clip them), transparency is flattened onto white, palette/CMYK/RGB go
-    through PIL's conversions.
+    through PIL's conversions; CIELab (a TIFF mode PIL cannot convert) keeps its lightness.
     """
+    if image.mode == "LAB":
+        return image.getchannel("L")
     if image.mode in ("I;16", "I;16B", "I;16L"):
         return Image.fromarray((np.asarray(image, dtype=np.float64) / 257.0).round().astype(np.uint8), "L")
     if image.mode in ("I", "F"):

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from htr_lightning.data.samples import LineSample, SkipReport
+from htr_lightning.data.transforms import to_grayscale
 from htr_lightning.text.normalize import normalize_text
 
 log = logging.getLogger("htr_lightning.data")
@@ -142,15 +143,26 @@ def _find_image(stem: Path) -> Path | None:
     return None
 
 
+def _number(text: str | None) -> float | None:
+    """A finite number from an XML attribute, or None (missing, not a number, nan, inf)."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _local(tag: object) -> str:
     """Tag name without namespace, so every PAGE / ALTO schema version matches."""
     return tag.rpartition("}")[2] if isinstance(tag, str) else ""
 
 
 # Refused before parsing: ElementTree would expand internal entities (billion laughs) and the
-# formats we read never need a DTD. A byte search is enough for UTF-8/Latin-1 documents; UTF-16
-# ones are decoded first so the check cannot be side-stepped by the encoding.
+# formats we read never need a DTD. Expat reads ASCII-compatible 8-bit encodings and UTF-16 in
+# either byte order, with or without a BOM, so the document is searched as Latin-1 and as both
+# UTF-16s: no encoding can hide a declaration from the check.
 _DTD_PATTERN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+_PROBE_ENCODINGS = ("latin-1", "utf-16-le", "utf-16-be")
 
 
 def _parse_xml(path: Path, report: SkipReport) -> ET.Element | None:
@@ -160,17 +172,13 @@ def _parse_xml(path: Path, report: SkipReport) -> ET.Element | None:
     except OSError as err:
         report.add(BAD_XML, f"{path} ({err})")
         return None
-    head = data[:4]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(data) > 1 and 0 in head[:2]):
-        probe = data.decode("utf-16", errors="replace")
-    else:
-        probe = data.decode("latin-1")
-    if _DTD_PATTERN.search(probe):
+    if any(_DTD_PATTERN.search(data.decode(enc, errors="replace")) for enc in _PROBE_ENCODINGS):
         report.add(DTD_REFUSED, str(path))
         return None
     try:
         return ET.fromstring(data)
-    except ET.ParseError as err:
+    except (ET.ParseError, LookupError, ValueError) as err:
+        # LookupError: an unknown declared encoding; ValueError: a multi-byte one expat lacks.
         report.add(BAD_XML, f"{path} ({err})")
         return None
 
@@ -342,6 +350,23 @@ def _band_polygon(baseline: np.ndarray, ascent: float, descent: float, pad: floa
     return np.concatenate([upper, lower])
 
 
+# No scan is a billion pixels across: a coordinate beyond this (a 400-digit number in the XML,
+# or a declared page size near zero) makes its polygon or baseline unusable, and keeps the
+# arithmetic below (areas, bands, drawing) finite.
+_MAX_COORDINATE = 1e9
+
+
+def _on_page(points: np.ndarray | None, factor: np.ndarray | None) -> np.ndarray | None:
+    """Points scaled by ``factor`` (page size / declared size), or None when a coordinate is
+    not finite or beyond :data:`_MAX_COORDINATE`."""
+    if points is None:
+        return None
+    if factor is not None:
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and nan are refused below
+            points = points * factor
+    return points if np.all(np.abs(points) <= _MAX_COORDINATE) else None
+
+
 def _encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     # Level 1: grayscale scans barely compress further at higher levels, and encoding time
@@ -372,22 +397,18 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
     where = str(page.image_path)
     try:
         with Image.open(page.image_path) as opened:
-            gray = opened.convert("L")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+            gray = to_grayscale(opened)  # not convert("L"), which turns 16-bit scans white
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         return [], [(UNREADABLE_IMAGE, f"{where} ({err})")]
     size = gray.size
-    lines = page.lines
+    factor = None
     if page.declared_size is not None and page.declared_size != size:
         # Coordinates refer to the declared page size (exports made on a rescaled image).
         factor = np.array([size[0] / page.declared_size[0], size[1] / page.declared_size[1]])
-        lines = [
-            _Line(
-                ln.line_id, ln.text,
-                None if ln.polygon is None else ln.polygon * factor,
-                None if ln.baseline is None else ln.baseline * factor,
-            )
-            for ln in lines
-        ]
+    lines = [
+        _Line(ln.line_id, ln.text, _on_page(ln.polygon, factor), _on_page(ln.baseline, factor))
+        for ln in page.lines
+    ]
     measured = [_measure(ln, geometry, size) for ln in lines]
     line_height, ascent, descent = _page_band(measured, geometry)
     turned = {0: gray}
@@ -442,7 +463,7 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
     return crops, skipped
 
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: 16-bit and transparent pages made grayscale like line images
 
 
 def _cache_file(cache_dir: Path, page: _Page, geometry: _Geometry, kind: str) -> Path | None:

@@ -6,7 +6,6 @@ Layout: ``lines/<a01>/<a01-000u>/<a01-000u-00>.png`` with ``ascii/lines.txt``, o
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from htr_lightning.data.readers.common import (
     _Geometry,
     _Line,
     _local,
+    _number,
     _Page,
     _parse_xml,
     _read_list,
@@ -196,10 +196,10 @@ def _iam_forms(
             if text is None:
                 continue
             boxes = [
-                [float(c.get(k, "nan")) for k in ("x", "y", "width", "height")]
+                [_number(c.get(k)) for k in ("x", "y", "width", "height")]
                 for c in element.iter() if _local(c.tag) == "cmp"
             ]
-            boxes = [b for b in boxes if all(math.isfinite(v) for v in b)]
+            boxes = [b for b in boxes if all(v is not None for v in b)]
             if not boxes:
                 report.add(BAD_POLYGON, f"{where} (no cmp components)")
                 continue

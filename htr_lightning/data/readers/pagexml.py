@@ -28,6 +28,7 @@ from htr_lightning.data.readers.common import (
     _Geometry,
     _Line,
     _local,
+    _number,
     _Page,
     _parse_xml,
     _read_list,
@@ -224,11 +225,11 @@ def _parse_alto(
         for shape in (e for e in element if _local(e.tag) == "Shape"):
             for outline in (p for p in shape if _local(p.tag) == "Polygon"):
                 polygon = _points(outline.get("POINTS"))
-        box = [element.get(k) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT")]
+        box = [_number(element.get(k)) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT")]
         baseline = _points(element.get("BASELINE"))
-        if all(box):
+        if all(v is not None for v in box):
             # The box spans WIDTH x HEIGHT pixels; polygons here use inclusive pixel corners.
-            x, y, w, h = (float(v) for v in box)  # type: ignore[arg-type]
+            x, y, w, h = box  # type: ignore[misc]
             right, bottom = x + max(w - 1, 0), y + max(h - 1, 0)
             if polygon is None:
                 polygon = np.array([[x, y], [right, y], [right, bottom], [x, bottom]])
