@@ -18,6 +18,13 @@ from PIL import Image
 log = logging.getLogger("htr_lightning.data")
 
 
+# The only decoders Pillow may use on our inputs (content decides, not the file name): scans
+# and photos come as these. Left open, Image.open would also try formats such as EPS, which
+# hands the file to Ghostscript when that is installed. (Phone JPEGs that Pillow returns as MPO
+# come through the JPEG decoder.)
+IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
+
+
 class BadSampleError(Exception):
     """A single line cannot be used (unreadable image, ...). The message names the file."""
 
@@ -50,7 +57,7 @@ class LineSample:
         """
         try:
             src = io.BytesIO(self.image_bytes) if self.image_bytes is not None else self.path
-            with Image.open(src) as im:
+            with Image.open(src, formats=IMAGE_FORMATS) as im:
                 im.load()
                 return im
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:

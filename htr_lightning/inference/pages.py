@@ -17,7 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from htr_lightning.data.batching import WIDTH_MULTIPLE, collate_lines
 from htr_lightning.data.readers.pagexml import read_page_file
-from htr_lightning.data.samples import BadSampleError, LineSample
+from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding.greedy import Hypothesis
 from htr_lightning.inference.segment import looks_like_page, split_lines
@@ -79,10 +79,14 @@ def source_lines(source: str | Path | Image.Image, segment: str = "auto",
         path = Path(source)
         name = name or str(source)
         if path.suffix.lower() == ".xml":
+            report = SkipReport(f"pagexml {path.name}")
             try:
-                samples = read_page_file(path)
+                samples = read_page_file(path, report)
             except Exception as err:  # any parse or image error of this one file
                 raise BadSampleError(f"{path}: cannot read PAGE-XML ({err})") from err
+            report.log()
+            if not samples and report.count():  # refused (DTD, traversal, ...): say why
+                raise BadSampleError(f"{path}: cannot read PAGE-XML ({'; '.join(report.reasons())})")
             return [SourceLine(name, i, len(samples), s.load(), None)
                     for i, s in enumerate(samples)]
         image = LineSample(id=name, text="", path=str(path)).load()

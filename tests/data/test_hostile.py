@@ -16,12 +16,14 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from fixtures_layouts import PageLine, alto_xml, page_image, page_xml, rect
 from hostile import (
     FOLDER_TEXTS,
     INK_BOX,
     LATIN1_TEXT,
     LINE_SIZE,
+    line_image,
     within,
     write_hostile,
 )
@@ -39,7 +41,7 @@ from htr_lightning.data.readers import (
     read_iam,
     read_pagexml,
 )
-from htr_lightning.data.samples import BadSampleError, SkipReport
+from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
 from htr_lightning.inference.pages import PageAssembler
 from htr_lightning.models import TeacherSystem
 
@@ -267,8 +269,8 @@ def test_predict_on_hostile_inputs(hostile, opened, caplog):
             f"{hostile.lines / 'train' / name}.png: cannot read image")
     # A 1 x 1 image is as high as wide, so "auto" treats it as a page, and finds no line in it.
     assert results["one_pixel.png"]["error"] == "no text line found"
-    for name in ("traversal.xml", "bomb.xml"):  # refused (logged, naming the file): no line
-        assert results[name]["error"] == "no text line found"
+    for name, reason in (("traversal.xml", OUTSIDE_ROOT), ("bomb.xml", DTD_REFUSED)):
+        assert results[name]["error"] == f"{pages / name}: cannot read PAGE-XML ({reason})"
     assert f"{OUTSIDE_ROOT}: {pages / 'traversal.xml'}" in caplog.text
     assert f"{DTD_REFUSED}: {pages / 'bomb.xml'}" in caplog.text
     assert len(results["polygons.xml"]["lines"]) == 4  # predict keeps lines without text
@@ -279,3 +281,18 @@ def test_predict_on_hostile_inputs(hostile, opened, caplog):
     assert hostile.outside.resolve() not in opened
     assert (hostile.lines / "train" / "deep.png").resolve() in opened
 
+
+
+def test_only_raster_decoders_are_used(tmp_path):
+    # An EPS file named .png: Pillow would identify it as EPS (and hand it to Ghostscript to
+    # decode, where installed); our loaders only let the raster decoders look at it.
+    eps = tmp_path / "line.png"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with Image.open(eps) as unrestricted:
+        assert unrestricted.format == "EPS"
+    with pytest.raises(BadSampleError, match=f"{eps}: cannot read image"):
+        LineSample("line", "", str(eps)).load()
+    # A PNG under a JPEG name is still read: the content decides among the allowed formats.
+    png = tmp_path / "renamed.jpg"
+    line_image().save(png, format="PNG")
+    assert LineSample("renamed", "", str(png)).load().size == LINE_SIZE
