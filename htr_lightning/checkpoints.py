@@ -30,10 +30,17 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs pickle (arbitrary code) to load and the user did not opt in."""
 
 
+def needs_pickle(err: Exception) -> bool:
+    """Whether ``torch.load(weights_only=True)`` failed on a genuine pickle that names code to
+    run (a class or function: "Unsupported global"), rather than on a file that is no pickle."""
+    return isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
+
+
 def refuse_pickle(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
-    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err``."""
+    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err`` and
+    :func:`needs_pickle` says why."""
     detail = str(err).strip().splitlines()
-    reason = next((line.strip() for line in detail if "Unsupported global" in line), detail[0] if detail else "")
+    reason = next((line.strip() for line in detail if "Unsupported global" in line), "")
     return UnsafeCheckpointError(
         f"{path}: refused to load: the file holds objects that only pickle can rebuild "
         f"({reason}), and unpickling can run arbitrary code. htr_lightning checkpoints never need "
@@ -60,7 +67,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu",
     try:
         return torch.load(path, map_location=map_location, weights_only=safe)
     except pickle.UnpicklingError as err:
-        if safe:
+        if safe and needs_pickle(err):
             raise refuse_pickle(path, err) from None
         raise
 

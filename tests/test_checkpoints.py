@@ -78,3 +78,11 @@ def test_cli_refuses_pickle_unless_weights_only_false(tmp_path, evil_checkpoint,
     assert "unpickled!" not in capsys.readouterr().out
     cli = cli_main([*args, "--weights_only=false"])
     assert "val_cer" in cli.trainer.callback_metrics
+
+
+def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
+    garbage = tmp_path / "notes.ckpt"
+    garbage.write_text("not a checkpoint\n")
+    with pytest.raises(Exception) as err:
+        load_checkpoint_file(garbage)
+    assert not isinstance(err.value, UnsafeCheckpointError)

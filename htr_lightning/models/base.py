@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from htr_lightning.checkpoints import refuse_pickle
+from htr_lightning.checkpoints import needs_pickle, refuse_pickle
 
 log = logging.getLogger("htr_lightning.models")
 
@@ -52,7 +52,7 @@ class HTRSystem(pl.LightningModule):
                                                 hparams_file=hparams_file, strict=strict,
                                                 weights_only=safe, **kwargs)
         except pickle.UnpicklingError as err:
-            if safe:
+            if safe and needs_pickle(err):
                 raise refuse_pickle(checkpoint_path, err) from None
             raise
 
