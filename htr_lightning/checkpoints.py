@@ -164,7 +164,7 @@ class LastCheckpoint(Checkpoint):
         if (trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit"
                 or self._saved_step == trainer.global_step):
             return
-        trainer.save_checkpoint(self.path(trainer))
+        trainer.save_checkpoint(self.path(trainer), weights_only=False)  # the full state
         self._saved_step = trainer.global_step
         self._saved_at = time.monotonic()
 

@@ -107,6 +107,11 @@ class LLMAugmentedSystem(BestPracticesSystem):
             without gradients and then silently stops gradients through them.
         lm_weight: Weight α of the LM loss (0: plain best-practices training, no LM loaded).
         llm_sample_ratio: Fraction of each batch that goes through the LM.
+        lm_trains_features: Let the LM loss reach, through the connector, the recogniser's
+            features under it (the CNN and the first BiLSTM layer): that is how the LM shapes
+            what the CTC head reads. False detaches the features, so the LM loss trains the
+            connector and the LoRA adapters only (an ablation: the CTC net then learns from
+            CTC alone).
         num_queries: Query tokens of the connector (embeddings handed to the LM).
         qformer_positions: Positions the features of a line are resampled to.
         qformer_layers: Q-Former layers.
@@ -138,6 +143,7 @@ class LLMAugmentedSystem(BestPracticesSystem):
         llm_quantization: str | None = None,
         lm_weight: float = 1.0,
         llm_sample_ratio: float = 0.125,
+        lm_trains_features: bool = True,
         num_queries: int = 64,
         qformer_positions: int = 128,
         qformer_layers: int = 2,
@@ -292,7 +298,10 @@ class LLMAugmentedSystem(BestPracticesSystem):
         if not lines:
             return losses
         chosen = torch.tensor(lines, device=lengths.device)
-        lm = self.lm_loss(rnn_layers[0][chosen], lengths[chosen], [batch["texts"][i] for i in lines])
+        features = rnn_layers[0][chosen]
+        if not self.hparams.lm_trains_features:
+            features = features.detach()
+        lm = self.lm_loss(features, lengths[chosen], [batch["texts"][i] for i in lines])
         self._lm_ran = True
         return {**losses, "loss": losses["loss"] + self.hparams.lm_weight * lm, "lm": lm}
 

@@ -98,6 +98,22 @@ def test_lm_loss_trains_connector_adapters_and_the_features_under_them_not_the_l
         n for n, _ in model.net.named_parameters(prefix="net") if n.startswith(under)}
 
 
+def test_lm_loss_detached_from_the_features_trains_only_connector_and_adapters(canvas_data,
+                                                                               tiny_llama_dir):
+    torch.manual_seed(0)
+    model = _model(canvas_data, tiny_llama_dir, lm_trains_features=False)
+    model.setup("fit")
+    batch = _batch(canvas_data)
+    model.sample_lines = lambda texts: [0, 1]
+    losses = model.training_losses(batch, *model.training_forward(batch))
+    assert torch.isfinite(losses["lm"]) and losses["lm"] > 0
+    losses["lm"].backward()
+    reached = {n for n, p in model.named_parameters() if p.grad is not None}
+    connector = {n for n, _ in model.connector.named_parameters(prefix="connector")}
+    adapters = {n for n, _ in model.llm.named_parameters(prefix="llm") if ".lora_" in n}
+    assert adapters and reached == connector | adapters
+
+
 def test_lm_sequence_follows_the_tokenizer_and_needs_no_pad_token(canvas_data, tiny_llama_dir):
     model = _model(canvas_data, tiny_llama_dir)
     model.setup("fit")
