@@ -88,11 +88,11 @@ def split_metrics(stages: Sequence[str] = ("val", "test")) -> nn.ModuleDict:
     return nn.ModuleDict(metrics)
 
 
-def log_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Tensor | None,
-                      preds: Sequence[str], texts: Sequence[str]) -> None:
-    """Adds one evaluation batch to ``module.metrics`` (made by :func:`split_metrics`) and logs
-    them; Lightning computes them at epoch end, where their sums are added across processes.
-    Nothing here communicates per step, so processes may run different numbers of batches.
+def update_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Tensor | None,
+                         preds: Sequence[str], texts: Sequence[str]) -> None:
+    """Adds one evaluation batch to ``module.metrics`` (made by :func:`split_metrics`).
+    Nothing here communicates, so processes may run different numbers of batches;
+    :func:`log_split_metrics` reports the totals at the end of the split.
 
     Args:
         module: The LightningModule evaluating.
@@ -101,12 +101,16 @@ def log_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Tensor
         preds: Predicted lines.
         texts: Reference lines, as many as ``preds``.
     """
-    n = len(texts)
     if loss is not None:
-        mean = module.metrics[f"{stage}_loss"]
-        mean.update(loss.detach(), weight=n)
-        module.log(f"{stage}_loss", mean, batch_size=n)
+        module.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(texts))
     for unit in ("cer", "wer"):
-        metric = module.metrics[f"{stage}_{unit}"]
-        metric.update(preds, texts)
-        module.log(f"{stage}_{unit}", metric, prog_bar=unit == "cer", batch_size=n)
+        module.metrics[f"{stage}_{unit}"].update(preds, texts)
+
+
+def log_split_metrics(module: pl.LightningModule, stage: str) -> None:
+    """Logs ``{stage}_cer``, ``{stage}_wer`` and ``{stage}_loss`` at the end of a split; their
+    sums are added across processes there. Logged here, not per batch, so that every process
+    logs the same names whatever its lines were (a process that never had a loss would
+    otherwise skip ``{stage}_loss`` and leave the others waiting for it in the sync)."""
+    for name in ("cer", "wer", "loss"):
+        module.log(f"{stage}_{name}", module.metrics[f"{stage}_{name}"], prog_bar=name == "cer")

@@ -1,3 +1,4 @@
+import math
 import pytest
 import torch
 
@@ -38,3 +39,25 @@ def test_bad_arguments():
         ErrorRate("line")
     with pytest.raises(ValueError, match="2 predictions for 1"):
         ErrorRate().update(["a", "b"], ["a"])
+
+
+def test_every_evaluation_logs_the_same_names_even_without_a_loss(tmp_path):
+    """A split (or, under DDP, one process's share of it) where no line has a CTC loss still
+    logs val_loss: processes that logged different names would wait for each other forever."""
+    import lightning.pytorch as pl
+    from tiny_systems import TINY_TEACHER
+
+    from htr_lightning.data import HTRDataModule
+    from htr_lightning.models import TeacherSystem
+
+    data = HTRDataModule(dataset="synthetic", height=32, batch_size=4, augment=False,
+                         synthetic_size={"train": 1, "val": 4, "test": 4},
+                         reader_options={"max_words": 2})
+    model = TeacherSystem(data.charset, **TINY_TEACHER)
+    model.ctc_loss = lambda *args: None  # as if no line fitted its frames
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.warns(UserWarning, match="MeanMetric was called before the ``update``"):
+        (result,) = trainer.validate(model, datamodule=data)
+    assert set(result) == {"val_cer", "val_wer", "val_loss"}
+    assert 0 < result["val_cer"] and math.isnan(result["val_loss"])

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from htr_lightning.checkpoints import needs_pickle, refuse_pickle
+from htr_lightning.metrics import log_split_metrics
 
 log = logging.getLogger("htr_lightning.models")
 
@@ -91,6 +92,17 @@ class HTRSystem(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Restores the skipped-step counter."""
         self.skipped_steps = int(checkpoint.get("htr_skipped_steps", 0))
+
+    # ----------------------------------------------------------------------- evaluation
+    # Systems keep their figures in ``self.metrics`` (:func:`~htr_lightning.metrics.split_metrics`)
+    # and update them in their steps; the totals are logged once per split, here.
+    def on_validation_epoch_end(self) -> None:
+        """Logs ``val_cer``, ``val_wer`` and ``val_loss`` over the whole split."""
+        log_split_metrics(self, "val")
+
+    def on_test_epoch_end(self) -> None:
+        """Logs ``test_cer``, ``test_wer`` and ``test_loss`` over the whole split."""
+        log_split_metrics(self, "test")
 
     # ------------------------------------------------------------------------- inference
     @contextlib.contextmanager

@@ -14,7 +14,7 @@ from torch import nn
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
-from htr_lightning.metrics import log_split_metrics, split_metrics
+from htr_lightning.metrics import split_metrics, update_split_metrics
 from htr_lightning.models.base import HTRSystem
 from htr_lightning.text import CTCTokenizer
 
@@ -166,7 +166,7 @@ class CTCSystem(HTRSystem):
         log_probs, lengths = self(batch["images"], batch["widths"])
         loss = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
         hyps = self.decode(log_probs, lengths)
-        log_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
+        update_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
         return hyps
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

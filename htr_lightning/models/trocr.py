@@ -48,7 +48,7 @@ from transformers import (
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
-from htr_lightning.metrics import log_split_metrics, split_metrics
+from htr_lightning.metrics import split_metrics, update_split_metrics
 from htr_lightning.models.base import HTRSystem
 
 log = logging.getLogger("htr_lightning.models")
@@ -568,7 +568,7 @@ class TrOCRSystem(HTRSystem):
         labels = self.encode_labels(batch["texts"], batch["ids"])
         self._report_cut(labels, batch["ids"])
         loss = self(pixels, labels.to(self.device)).loss if bool((labels != -100).any()) else None
-        log_split_metrics(self, stage, loss, [h.text for h in self.generate(pixels)], batch["texts"])
+        update_split_metrics(self, stage, loss, [h.text for h in self.generate(pixels)], batch["texts"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """Loss, generation and CER/WER accumulation (``val_cer``, ``val_wer``)."""
