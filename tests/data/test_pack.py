@@ -43,3 +43,13 @@ def test_ids_that_would_leave_the_folder_are_refused(tmp_path):
     _line((40, 20)).save(line)
     with pytest.raises(ValueError, match="outside"):
         pack_lines([LineSample("../escape", "t", str(line))], tmp_path / "out", 16)
+
+
+def test_fewer_grey_levels_keep_paper_and_ink(tmp_path):
+    line = tmp_path / "x.png"
+    image = Image.fromarray(np.tile(np.linspace(0, 255, 200).astype(np.uint8), (20, 1)), "L")
+    image.save(line)
+    pack_lines([LineSample("x", "t", str(line))], tmp_path / "out", 20, levels=16)
+    pixels = np.asarray(Image.open(tmp_path / "out" / "x.png"))
+    assert sorted(np.unique(pixels)) == [round(i * 17) for i in range(16)]
+    assert pixels.min() == 0 and pixels.max() == 255
