@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +32,27 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs pickle (arbitrary code) to load and the user did not opt in."""
 
 
-def needs_pickle(err: Exception) -> bool:
-    """Whether ``torch.load(weights_only=True)`` failed on a genuine pickle that names code to
-    run (a class or function: "Unsupported global"), rather than on a file that is no pickle."""
-    return isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err)
-
-
-def refuse_pickle(path: str | os.PathLike, err: Exception) -> UnsafeCheckpointError:
-    """The error to raise when ``torch.load(path, weights_only=True)`` failed with ``err`` and
-    :func:`needs_pickle` says why."""
-    detail = str(err).strip().splitlines()
-    reason = next((line.strip() for line in detail if "Unsupported global" in line), "")
-    return UnsafeCheckpointError(
-        f"{path}: refused to load: the file holds objects that only pickle can rebuild "
-        f"({reason}), and unpickling can run arbitrary code. htr_lightning checkpoints never need "
-        "it. If you trust where this file comes from, load it with weights_only=False "
-        "(CLI: --weights_only false)."
-    )
+@contextlib.contextmanager
+def refusing_pickle(path: str | os.PathLike, weights_only: bool | None) -> Iterator[bool]:
+    """Around a ``torch.load`` of ``path``: yields whether to load with ``weights_only=True``
+    (unless the caller said False), and turns torch's error for a genuine pickle that names
+    code to run (a class or function: "Unsupported global") into an
+    :class:`UnsafeCheckpointError` naming the file and the opt-in. Other errors (a file that is
+    no pickle at all) pass unchanged.
+    """
+    safe = weights_only is not False
+    try:
+        yield safe
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if "Unsupported global" in line]
+        if not (safe and lines):
+            raise
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: the file holds objects that only pickle can rebuild "
+            f"({lines[0]}), and unpickling can run arbitrary code. htr_lightning checkpoints never "
+            "need it. If you trust where this file comes from, load it with weights_only=False "
+            "(CLI: --weights_only false)."
+        ) from None
 
 
 def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu",
@@ -63,13 +69,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu",
         UnsafeCheckpointError: naming the file, when it needs pickle and ``weights_only`` is not
             False.
     """
-    safe = weights_only is not False
-    try:
+    with refusing_pickle(path, weights_only) as safe:
         return torch.load(path, map_location=map_location, weights_only=safe)
-    except pickle.UnpicklingError as err:
-        if safe and needs_pickle(err):
-            raise refuse_pickle(path, err) from None
-        raise
 
 
 def _is_local(path: str | os.PathLike) -> bool:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import pickle
 from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
-from htr_lightning.checkpoints import needs_pickle, refuse_pickle
+from htr_lightning.checkpoints import refusing_pickle
 from htr_lightning.metrics import log_split_metrics
 
 log = logging.getLogger("htr_lightning.models")
@@ -47,15 +46,10 @@ class HTRSystem(pl.LightningModule):
             UnsafeCheckpointError: naming the file, when it needs pickle and ``weights_only`` is
                 not False.
         """
-        safe = weights_only is not False
-        try:
+        with refusing_pickle(checkpoint_path, weights_only) as safe:
             return super().load_from_checkpoint(checkpoint_path, map_location=map_location,
                                                 hparams_file=hparams_file, strict=strict,
                                                 weights_only=safe, **kwargs)
-        except pickle.UnpicklingError as err:
-            if safe and needs_pickle(err):
-                raise refuse_pickle(checkpoint_path, err) from None
-            raise
 
     # ------------------------------------------------------------------ non-finite steps
     def _scaler_guards_steps(self) -> bool:

@@ -65,5 +65,4 @@ def load_system(path: str | Path, map_location: str | torch.device = "cpu",
             pickle, see :mod:`htr_lightning.checkpoints`); False unpickles a file you trust.
     """
     cls = system_class(path, weights_only)
-    return cls.load_from_checkpoint(path, map_location=map_location,
-                                    weights_only=weights_only is not False).eval()
+    return cls.load_from_checkpoint(path, map_location=map_location, weights_only=weights_only).eval()
