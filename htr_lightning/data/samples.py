@@ -12,6 +12,7 @@ import io
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
 
@@ -27,6 +28,29 @@ IMAGE_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP")
 
 class BadSampleError(Exception):
     """A single line cannot be used (unreadable image, ...). The message names the file."""
+
+
+def read_image(src: str | Path | io.BytesIO, where: str | Path) -> Image.Image:
+    """Decodes an image file (or an in-memory encoded one) with the allowed decoders.
+
+    Args:
+        src: Path or buffer.
+        where: The file named in the error.
+
+    Returns:
+        The decoded image, in whatever mode it has.
+
+    Raises:
+        BadSampleError: if it is missing, truncated, too large or not an image; the cause is
+            Pillow's error.
+    """
+    try:
+        with Image.open(src, formats=IMAGE_FORMATS) as im:
+            im.load()
+            return im
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # SyntaxError: Pillow's word for a corrupt chunk met while decoding ("broken PNG").
+        raise BadSampleError(f"{where}: cannot read image ({err})") from err
 
 
 @dataclass(frozen=True)
@@ -55,14 +79,8 @@ class LineSample:
         Raises:
             BadSampleError: if the file is missing, truncated or not an image.
         """
-        try:
-            src = io.BytesIO(self.image_bytes) if self.image_bytes is not None else self.path
-            with Image.open(src, formats=IMAGE_FORMATS) as im:
-                im.load()
-                return im
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-            # SyntaxError: Pillow's word for a corrupt chunk met while decoding ("broken PNG").
-            raise BadSampleError(f"{self.path}: cannot read image ({err})") from err
+        src = io.BytesIO(self.image_bytes) if self.image_bytes is not None else self.path
+        return read_image(src, self.path)
 
 
 class SkipReport:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from htr_lightning.data.samples import IMAGE_FORMATS, LineSample, SkipReport
+from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport, read_image
 from htr_lightning.data.transforms import to_grayscale
 from htr_lightning.text.normalize import normalize_text
 
@@ -396,9 +396,11 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
     """
     where = str(page.image_path)
     try:
-        with Image.open(page.image_path, formats=IMAGE_FORMATS) as opened:
-            gray = to_grayscale(opened)  # not convert("L"), which turns 16-bit scans white
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # to_grayscale, not convert("L"), which turns 16-bit scans white
+        gray = to_grayscale(read_image(page.image_path, where))
+    except BadSampleError as err:
+        return [], [(UNREADABLE_IMAGE, f"{where} ({err.__cause__})")]
+    except ValueError as err:  # a mode to_grayscale cannot convert
         return [], [(UNREADABLE_IMAGE, f"{where} ({err})")]
     size = gray.size
     factor = None
