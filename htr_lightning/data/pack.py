@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from PIL import Image
 from htr_lightning.data.readers import READERS
 from htr_lightning.data.readers.common import SPLITS
 from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
-from htr_lightning.data.transforms import normalize_polarity, to_grayscale
+from htr_lightning.data.transforms import LinePreprocessor
 
 log = logging.getLogger("htr_lightning.data")
 
@@ -46,6 +47,8 @@ def pack_lines(samples: Sequence[LineSample], folder: str | Path, height: int,
     if not 2 <= levels <= 256:
         raise ValueError(f"levels must be in 2..256, not {levels}")
     folder = Path(folder)
+    # The training preprocessing's grayscale, polarity and height, with no width limit.
+    preprocess = LinePreprocessor(height=height, max_width=sys.maxsize)
     step = 255 / (levels - 1)
     written = 0
     for sample in samples:
@@ -53,14 +56,12 @@ def pack_lines(samples: Sequence[LineSample], folder: str | Path, height: int,
         if relative.is_absolute() or ".." in relative.parts:
             raise ValueError(f"line id {sample.id!r} ({sample.path}) would be written outside {folder}")
         try:
-            gray = normalize_polarity(to_grayscale(sample.load()))
+            gray = preprocess.scaled(sample.load())
         except BadSampleError as err:
             log.warning("pack: skipping line %s: %s", sample.id, err)
             continue
-        width = max(1, round(gray.width * height / max(gray.height, 1)))
         target = folder / f"{sample.id}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        gray = gray.resize((width, height), Image.Resampling.BILINEAR)
         if levels < 256:
             pixels = np.round(np.round(np.asarray(gray) / step) * step).astype(np.uint8)
             gray = Image.fromarray(pixels, "L")

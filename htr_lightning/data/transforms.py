@@ -177,6 +177,17 @@ class LinePreprocessor:
         self.max_width = fixed_width or max_width
         self.min_width = min_width
 
+    def scaled(self, image: Image.Image, augment: LineAugment | None = None) -> Image.Image:
+        """The image as the network sees it, before it becomes a tensor: grayscale "L", dark
+        ink on light paper, augmented if asked, ``height`` high, at most ``max_width`` wide."""
+        gray = normalize_polarity(to_grayscale(image))
+        if augment is not None:
+            gray = augment(gray)
+        w, h = gray.size
+        new_w = max(1, round(w * self.height / max(h, 1)))
+        new_w = min(new_w, self.max_width)
+        return gray.resize((new_w, self.height), Image.Resampling.BILINEAR)
+
     def __call__(self, image: Image.Image, augment: LineAugment | None = None) -> tuple[torch.Tensor, int]:
         """Preprocesses one image.
 
@@ -184,13 +195,8 @@ class LinePreprocessor:
             The tensor (1, height, W) float32 in [0, 1] with ink = 1, and the content width
             (W, or less than W when a fixed canvas pads it).
         """
-        gray = normalize_polarity(to_grayscale(image))
-        if augment is not None:
-            gray = augment(gray)
-        w, h = gray.size
-        new_w = max(1, round(w * self.height / max(h, 1)))
-        new_w = min(max(new_w, 1), self.max_width)
-        gray = gray.resize((new_w, self.height), Image.Resampling.BILINEAR)
+        gray = self.scaled(image, augment)
+        new_w = gray.width
         ink = 1.0 - torch.from_numpy(np.asarray(gray, dtype=np.float32)) / 255.0
         canvas_w = self.fixed_width or max(new_w, self.min_width)
         if canvas_w > new_w:
