@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, TrOCRProcessor, VisionEncoderDecoderMode
 
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
 from htr_lightning.metrics import ErrorRate
-from htr_lightning.models import TrOCRSystem, load_system
+from htr_lightning.models import TrOCRSystem
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
