@@ -7,6 +7,7 @@
 - :class:`LastCheckpoint` keeps ``last.ckpt`` fresh for ``--ckpt_path last``: after every
   validation, every few minutes and optionally every N steps, whether or not ``val_cer``
   improved.
+- :class:`InitWeights` starts a run from another checkpoint's network weights (fine-tuning).
 - :func:`load_checkpoint_file` is the one safe ``torch.load`` that everything else calls.
 """
 
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint
 
 log = logging.getLogger("htr_lightning")
 
@@ -194,3 +195,35 @@ class LastCheckpoint(Checkpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         """Saves the final state."""
         self._save(trainer)
+
+
+class InitWeights(Callback):
+    """Starts ``fit`` from another checkpoint's network weights (CLI: ``--init.ckpt_path``):
+    fine-tuning a model pretrained on synthetic lines or another collection on your own data.
+
+    The weights are loaded when training starts, through the model's ``init_weights_from``
+    (:meth:`~htr_lightning.models.CTCSystem.init_weights_from`: same architecture, output rows
+    matched by symbol). When the run resumes from ``--ckpt_path``, the resumed weights win and
+    this does nothing, so a fine-tuning run resumes like any other.
+
+    Args:
+        ckpt_path: The checkpoint to start from; None: train from scratch.
+        weights_only: False to open a trusted checkpoint that needs pickle.
+    """
+
+    def __init__(self, ckpt_path: str | None = None, weights_only: bool | None = None) -> None:
+        self.ckpt_path = ckpt_path
+        self.weights_only = weights_only
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Loads the weights (after Lightning's restore, so a resume can be seen and wins)."""
+        if self.ckpt_path is None:
+            return
+        if trainer.ckpt_path is not None:
+            log.info("resuming from %s: --init.ckpt_path %s is not applied", trainer.ckpt_path,
+                     self.ckpt_path)
+            return
+        if not hasattr(pl_module, "init_weights_from"):
+            raise TypeError(f"{type(pl_module).__name__} cannot start from another checkpoint's "
+                            f"weights (--init.ckpt_path {self.ckpt_path}); CTC systems can")
+        pl_module.init_weights_from(self.ckpt_path, self.weights_only)

@@ -22,7 +22,8 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 
-from htr_lightning.checkpoints import LastCheckpoint, SafeCheckpointIO, load_checkpoint_file
+from htr_lightning.checkpoints import (InitWeights, LastCheckpoint, SafeCheckpointIO,
+                                      load_checkpoint_file)
 from htr_lightning.data.datamodule import HTRDataModule
 from htr_lightning.inference.pages import PageAssembler
 
@@ -114,6 +115,8 @@ class HTRLightningCLI(LightningCLI):
         # After "checkpoint": Lightning keeps the given order among checkpoint callbacks, so
         # last.ckpt is written after the best checkpoint's bookkeeping at each validation.
         parser.add_lightning_class_args(LastCheckpoint, "last")
+        # --init.ckpt_path: fine-tune from another checkpoint's network weights.
+        parser.add_lightning_class_args(InitWeights, "init")
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TranscriptionWriter, "output")
         parser.add_argument(

@@ -216,6 +216,87 @@ class CTCSystem(HTRSystem):
                                                         batch["widths"])),
                 self.preprocess, segment, batch_size)
 
+    # ------------------------------------------------------------------- fine-tuning
+    def _class_layers(self) -> set[str]:
+        """Names (``net.<module>``) of the layers whose outputs are the classes: the Linear
+        or Conv1d modules with one output per symbol plus blank."""
+        n = len(self.tokenizer)
+        return {f"net.{name}" for name, module in self.net.named_modules()
+                if (isinstance(module, nn.Linear) and module.out_features == n)
+                or (isinstance(module, nn.Conv1d) and module.out_channels == n)}
+
+    def init_weights_from(self, checkpoint_path: str | Path, weights_only: bool | None = None
+                          ) -> dict[str, str]:
+        """Starts from the network weights of another CTC checkpoint: fine-tuning a model
+        pretrained on synthetic lines or on another collection. Only the weights are taken;
+        the optimiser, schedule and step count start afresh (to continue a run, use
+        ``--ckpt_path``).
+
+        The checkpoint's network must have this one's architecture and input height. Its
+        charset may differ: the output rows of symbols both charsets have (and blank) are
+        copied by symbol, symbols only this model has keep their fresh initialisation, symbols
+        only the checkpoint has are dropped.
+
+        Args:
+            checkpoint_path: A checkpoint written by ``htr-lightning fit`` (any CTC system).
+            weights_only: As for :func:`~htr_lightning.checkpoints.load_checkpoint_file`.
+
+        Returns:
+            ``{"kept": symbols taken over, "new": symbols with fresh rows, "dropped": symbols of
+            the checkpoint this model lacks}``.
+
+        Raises:
+            ValueError: naming the file, when it is no CTC checkpoint or its network differs.
+        """
+        from htr_lightning.checkpoints import load_checkpoint_file
+
+        checkpoint = load_checkpoint_file(checkpoint_path, "cpu", weights_only)
+        source_charset = checkpoint.get("hyper_parameters", {}).get("charset")
+        state = checkpoint.get("state_dict")
+        if not isinstance(source_charset, str) or not isinstance(state, dict):
+            raise ValueError(f"{checkpoint_path}: not a checkpoint of a CTC system (no charset "
+                             "hyperparameter or no state_dict)")
+        source = {k: v for k, v in state.items() if k.startswith("net.")}
+        target = {k: v for k, v in self.state_dict().items() if k.startswith("net.")}
+        charset = self.hparams.charset
+        # label of each of our classes in the checkpoint (blank = 0 in both), -1 = new symbol
+        rows = torch.tensor([0] + [source_charset.find(c) + 1 if c in source_charset else -1
+                                   for c in charset])
+        have = rows >= 0
+        class_layers = self._class_layers()
+        loaded, problems = {}, []
+        for key in sorted(set(source) - set(target)):
+            problems.append(f"{key} is in the checkpoint only")
+        for key, value in target.items():
+            if key not in source:
+                problems.append(f"{key} is missing from the checkpoint")
+                continue
+            theirs = source[key]
+            if key.rsplit(".", 1)[0] in class_layers and theirs.shape[1:] == value.shape[1:] \
+                    and theirs.shape[0] == len(source_charset) + 1:
+                mixed = value.detach().clone()
+                mixed[have] = theirs[rows[have]].to(mixed.dtype)
+                loaded[key] = mixed
+            elif theirs.shape == value.shape:
+                loaded[key] = theirs
+            else:
+                problems.append(f"{key} is {tuple(theirs.shape)} in the checkpoint, "
+                                f"{tuple(value.shape)} here")
+        if problems:
+            raise ValueError(
+                f"{checkpoint_path}: its network is not this model's architecture "
+                f"({len(problems)} tensors differ: {'; '.join(problems[:3])}"
+                f"{'; ...' if len(problems) > 3 else ''}); initialising from it needs the same "
+                "network arguments and input height")
+        self.load_state_dict(loaded, strict=False)
+        report = {"kept": "".join(c for c in charset if c in source_charset),
+                  "new": "".join(c for c in charset if c not in source_charset),
+                  "dropped": "".join(c for c in source_charset if c not in charset)}
+        log.info("initialised from %s: %d symbols kept, %d new (%r), %d of the checkpoint's "
+                 "dropped (%r)", checkpoint_path, len(report["kept"]), len(report["new"]),
+                 report["new"], len(report["dropped"]), report["dropped"])
+        return report
+
     # ---------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         """AdamW over the parameters that require gradients, with the scheduler named by
