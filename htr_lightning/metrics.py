@@ -107,6 +107,21 @@ def update_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Ten
         module.metrics[f"{stage}_{unit}"].update(preds, texts)
 
 
+def reset_split_metrics(module: pl.LightningModule, stage: str) -> None:
+    """Empties the ``stage`` metrics of ``module`` with ordinary tensors, at the start of a split.
+
+    Lightning's ``validate`` and ``test`` run in ``torch.inference_mode`` and reset the logged
+    metrics there, which leaves their sums as inference tensors; the validation inside ``fit``
+    runs without inference mode and may not add to those in place ("Inplace update to
+    inference tensor outside InferenceMode"), so a ``validate`` before a ``fit`` used to crash
+    the fit's first validation. Tensors made here are ordinary, and inference mode may update
+    ordinary tensors in place, so every order of validate / test / fit works.
+    """
+    with torch.inference_mode(False):
+        for name in ("cer", "wer", "loss"):
+            module.metrics[f"{stage}_{name}"].reset()
+
+
 def log_split_metrics(module: pl.LightningModule, stage: str) -> None:
     """Logs ``{stage}_cer``, ``{stage}_wer`` and ``{stage}_loss`` at the end of a split; their
     sums are added across processes there. Logged here, not per batch, so that every process

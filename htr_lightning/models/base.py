@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 
 from htr_lightning.checkpoints import refusing_pickle
-from htr_lightning.metrics import log_split_metrics
+from htr_lightning.metrics import log_split_metrics, reset_split_metrics
 
 log = logging.getLogger("htr_lightning.models")
 
@@ -90,6 +90,14 @@ class HTRSystem(pl.LightningModule):
     # ----------------------------------------------------------------------- evaluation
     # Systems keep their figures in ``self.metrics`` (:func:`~htr_lightning.metrics.split_metrics`)
     # and update them in their steps; the totals are logged once per split, here.
+    def on_validation_epoch_start(self) -> None:
+        """Starts the split's sums afresh (see :func:`~htr_lightning.metrics.reset_split_metrics`)."""
+        reset_split_metrics(self, "val")
+
+    def on_test_epoch_start(self) -> None:
+        """Starts the split's sums afresh."""
+        reset_split_metrics(self, "test")
+
     def on_validation_epoch_end(self) -> None:
         """Logs ``val_cer``, ``val_wer`` and ``val_loss`` over the whole split."""
         log_split_metrics(self, "val")

@@ -99,3 +99,19 @@ def test_ddp_spawn_fit_and_validation_cer_equals_single_process(tmp_path, tiny_t
     single = _trainer(tmp_path).validate(single_model, dm, verbose=False)[0]
     assert multi["val_cer"] == pytest.approx(single["val_cer"], abs=1e-6)
     assert multi["val_wer"] == pytest.approx(single["val_wer"], abs=1e-6)
+
+
+def test_validate_test_then_fit_then_validate_again(tmp_path, tiny_teacher_kwargs, tiny_data_kwargs):
+    # validate/test run in inference mode; the fit's validation does not. The metric sums must
+    # survive every order (a validate before fit crashed the fit's first validation).
+    dm = HTRDataModule(**tiny_data_kwargs)
+    model = TeacherSystem(dm.charset, **tiny_teacher_kwargs)
+    trainer = _trainer(tmp_path, max_steps=2, val_check_interval=2)
+    first = trainer.validate(model, datamodule=dm, verbose=False)[0]
+    trainer.test(model, datamodule=dm, verbose=False)
+    trainer.fit(model, datamodule=dm)
+    assert set(trainer.callback_metrics) >= {"val_cer", "val_loss", "train_loss"}
+    again = _trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]
+    assert again["val_cer"] >= 0 and first["val_cer"] >= 0
+    # the sums start afresh at each split: the same model on the same lines gives the same CER
+    assert _trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0] == again
