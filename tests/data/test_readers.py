@@ -22,12 +22,12 @@ from fixtures_layouts import (
     page_xml,
     rect,
 )
+from shared_data import HOOKER
 
 from htr_lightning.data import readers
 from htr_lightning.data.readers import READERS, read_bentham, read_folder, read_iam, read_pagexml
 from htr_lightning.data.samples import SkipReport
 
-HOOKER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "hooker"
 
 
 def by_id(samples):
@@ -324,7 +324,7 @@ def test_alto_lines(tmp_path):
 # --------------------------------------------------------------------------------- real data
 
 
-@pytest.mark.skipif(not HOOKER.is_dir(), reason="../shared/data/hooker is not present")
+@pytest.mark.skipif(not HOOKER.is_dir(), reason=f"{HOOKER} is not present")
 def test_hooker_val_split():
     report = SkipReport("val")
     samples = read_pagexml(HOOKER, "val", report=report)
