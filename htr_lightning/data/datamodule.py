@@ -12,7 +12,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
 from htr_lightning.data.batching import LineDataset, WidthBucketSampler, collate_lines
-from htr_lightning.data.readers import READERS
+from htr_lightning.data.readers import IMAGE_SUFFIXES, READERS, SPLITS
 from htr_lightning.data.samples import LineSample, SkipReport
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
 from htr_lightning.data.transforms import LineAugment, LinePreprocessor
@@ -21,9 +21,7 @@ from htr_lightning.text import CTCTokenizer
 
 log = logging.getLogger("htr_lightning.data")
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 PREDICT_SUFFIXES = (*IMAGE_SUFFIXES, ".xml")
-SPLITS = ("train", "val", "test")
 
 
 def collect_images(paths: Sequence[str]) -> list[LineSample]:

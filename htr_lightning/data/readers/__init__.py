@@ -70,7 +70,20 @@ READERS: dict[str, Reader] = {
 """Reader functions by the dataset name used in configs."""
 
 __all__ = [
+    "BAD_POLYGON",
+    "BAD_XML",
+    "DTD_REFUSED",
+    "DUPLICATE_ID",
+    "EMPTY_TEXT",
     "IMAGE_SUFFIXES",
+    "LATIN1_TEXT",
+    "NO_IMAGE",
+    "NO_TEXT",
+    "NOT_LISTED",
+    "OUTSIDE_ROOT",
+    "SEGMENTATION_ERR",
+    "UNREADABLE_IMAGE",
+    "UNSUPPORTED",
     "READERS",
     "SPLITS",
     "read_bentham",

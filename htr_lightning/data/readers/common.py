@@ -32,7 +32,9 @@ from htr_lightning.text.normalize import normalize_text
 log = logging.getLogger("htr_lightning.data")
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# The file suffixes of the formats samples.read_image decodes, in order of preference when a
+# line has several images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 # Reasons under which lines are recorded in the SkipReport (one constant each, so tests and
 # callers can ask ``report.count(NO_TEXT)`` without repeating strings).
