@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMonitor,
+                                         ModelCheckpoint)
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 
@@ -94,7 +95,8 @@ class TranscriptionWriter(Callback):
 
 class HTRLightningCLI(LightningCLI):
     """LightningCLI with our links, always-on callbacks (best checkpoint by ``val_cer``,
-    ``last.ckpt`` for resuming, learning-rate logging, transcription writer) and checkpoint files
+    ``last.ckpt`` for resuming, early stopping on ``val_cer``, fine-tuning from other weights,
+    learning-rate logging, transcription writer) and checkpoint files
     written atomically and read without pickle (:mod:`htr_lightning.checkpoints`)."""
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -117,6 +119,15 @@ class HTRLightningCLI(LightningCLI):
         parser.add_lightning_class_args(LastCheckpoint, "last")
         # --init.ckpt_path: fine-tune from another checkpoint's network weights.
         parser.add_lightning_class_args(InitWeights, "init")
+        # Stops a run whose val_cer has not improved for 10 validations (--early_stopping.patience);
+        # not strict, so a run without validation (limit_val_batches=0) still trains.
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({
+            "early_stopping.monitor": "val_cer",
+            "early_stopping.mode": "min",
+            "early_stopping.patience": 10,
+            "early_stopping.strict": False,
+        })
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         parser.add_lightning_class_args(TranscriptionWriter, "output")
         parser.add_argument(

@@ -70,3 +70,18 @@ def test_every_experiment_config_parses(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert done.value.code == 0
     assert "class_path: htr_lightning.models." in capsys.readouterr().out
+
+
+def test_early_stopping_on_val_cer_and_no_validation_still_trains(tmp_path):
+    frozen = ["--model.lr=0", "--model.weight_decay=0", "--model.scheduler=constant"]
+    cli = main(["fit", *_common(tmp_path), *frozen, "--trainer.max_steps=-1",
+                "--trainer.max_epochs=6", "--trainer.val_check_interval=1.0",
+                "--trainer.check_val_every_n_epoch=1", "--early_stopping.patience=2"])
+    stopper = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping")
+    assert stopper.monitor == "val_cer"
+    # val_cer never changes: best at epoch 0, no improvement at 1 and 2, stop after epoch 2
+    assert stopper.stopped_epoch == 2 and cli.trainer.current_epoch == 3
+
+    unvalidated = main(["fit", *_common(tmp_path / "b"), "--trainer.max_steps=2",
+                        "--trainer.limit_val_batches=0"])
+    assert unvalidated.trainer.global_step == 2
