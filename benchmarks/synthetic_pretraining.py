@@ -16,15 +16,11 @@ wall time of the training.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
-from lightning.pytorch import LightningModule
-
-from htr_lightning.cli import HTRLightningCLI
-from htr_lightning.data.datamodule import HTRDataModule
+from htr_lightning.cli import HTRLightningCLI, cli_main
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teacher_hooker_light.yaml"
 
@@ -32,7 +28,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teach
 def fit(out: Path, steps: int, *overrides: str) -> tuple[HTRLightningCLI, float]:
     """Trains the light teacher ``steps`` steps; returns the CLI and the seconds of fitting."""
     sys.argv = ["htr-lightning"]  # LightningCLI also reads sys.argv
-    cli = HTRLightningCLI(LightningModule, HTRDataModule, subclass_mode_model=True, run=False, args=[
+    cli = cli_main(run=False, args=[
         "--config", str(CONFIG), f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0",
         "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={out}",
         f"--checkpoint.dirpath={out}", *overrides])
@@ -57,7 +53,6 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/hooker")
     parser.add_argument("--out", default="checkpoints/pretraining")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     half = args.steps // 2
     hooker = [f"--data.root={args.root}"]

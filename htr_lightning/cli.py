@@ -181,8 +181,12 @@ class HTRLightningCLI(LightningCLI):
             self.model.set_decoder(self._decoder)
 
 
-def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
-    """Runs the CLI on ``args`` (default: ``sys.argv``) and returns it (trainer, model, data)."""
+def cli_main(args: list[str] | None = None, run: bool = True) -> HTRLightningCLI:
+    """Runs the CLI on ``args`` (default: ``sys.argv``) and returns it (trainer, model, data).
+
+    With ``run=False``, ``args`` hold no subcommand and the classes are only built, for a
+    script or test that calls ``cli.trainer.validate/fit/test`` itself.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     return HTRLightningCLI(
@@ -190,6 +194,7 @@ def cli_main(args: list[str] | None = None) -> HTRLightningCLI:
         HTRDataModule,
         subclass_mode_model=True,
         args=args,
+        run=run,
         trainer_defaults={"default_root_dir": "checkpoints"},
         save_config_kwargs={"overwrite": True},
     )
