@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from htr_lightning.checkpoints import load_checkpoint_file
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
@@ -248,8 +249,6 @@ class CTCSystem(HTRSystem):
         Raises:
             ValueError: naming the file, when it is no CTC checkpoint or its network differs.
         """
-        from htr_lightning.checkpoints import load_checkpoint_file
-
         checkpoint = load_checkpoint_file(checkpoint_path, "cpu", weights_only)
         source_charset = checkpoint.get("hyper_parameters", {}).get("charset")
         state = checkpoint.get("state_dict")
