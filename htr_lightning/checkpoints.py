@@ -8,7 +8,8 @@
   validation, every few minutes and optionally every N steps, whether or not ``val_cer``
   improved.
 - :class:`InitWeights` starts a run from another checkpoint's network weights (fine-tuning).
-- :func:`load_checkpoint_file` is the one safe ``torch.load`` that everything else calls.
+- :func:`load_checkpoint_file` is the one safe ``torch.load`` that everything else calls;
+  :func:`load_hyperparameters` reads only the hyperparameters.
 """
 
 from __future__ import annotations
@@ -72,6 +73,26 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = "cpu",
     """
     with refusing_pickle(path, weights_only) as safe:
         return torch.load(path, map_location=map_location, weights_only=safe)
+
+
+def load_hyperparameters(path: str | os.PathLike, weights_only: bool | None = None) -> dict:
+    """The ``hyper_parameters`` of a checkpoint (``{}`` when it has none), without reading its
+    weights: the file is memory-mapped, so only the tensors' metadata is read. A checkpoint
+    that is about to be loaded in full anyway (``load_system``, ``--ckpt_path``) is then not
+    read twice, which matters for a TrOCR-base checkpoint of more than a GB. Files in torch's
+    legacy (non-zip) format cannot be mapped and are read in full.
+
+    Raises:
+        UnsafeCheckpointError: as :func:`load_checkpoint_file`.
+    """
+    with refusing_pickle(path, weights_only) as safe:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=safe, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=safe)
+    return dict(checkpoint.get("hyper_parameters", {}))
 
 
 def _is_local(path: str | os.PathLike) -> bool:

@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 
 from htr_lightning.checkpoints import (InitWeights, LastCheckpoint, SafeCheckpointIO,
-                                      load_checkpoint_file)
+                                      load_hyperparameters)
 from htr_lightning.data.datamodule import HTRDataModule
 from htr_lightning.inference.pages import PageAssembler
 
@@ -152,7 +152,7 @@ class HTRLightningCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Reads the model's hyperparameters from ``--ckpt_path`` into the config, as
-        LightningCLI does, but through :func:`~htr_lightning.checkpoints.load_checkpoint_file`:
+        LightningCLI does, but through :func:`~htr_lightning.checkpoints.load_hyperparameters`:
         LightningCLI's own reading hard-codes ``weights_only=True``, so a file needing pickle
         got torch's bare error, and ``--weights_only false`` could not open it."""
         sub = self.config.get("subcommand")
@@ -161,8 +161,7 @@ class HTRLightningCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path")
         if not (ckpt_path and Path(ckpt_path).is_file()):
             return
-        checkpoint = load_checkpoint_file(ckpt_path, "cpu", self.config[sub].get("weights_only"))
-        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams = load_hyperparameters(ckpt_path, self.config[sub].get("weights_only"))
         hparams.pop("_instantiator", None)
         if not hparams:
             return

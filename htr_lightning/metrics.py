@@ -67,6 +67,10 @@ class ErrorRate(Metric):
         return self.errors.float() / self.total.clamp(min=1).float()
 
 
+# The figures of one split, as logged: ``{stage}_cer``, ``{stage}_wer``, ``{stage}_loss``.
+SPLIT_METRIC_NAMES = ("cer", "wer", "loss")
+
+
 def split_metrics(stages: Sequence[str] = ("val", "test")) -> nn.ModuleDict:
     """The figures a system accumulates over an evaluation split, named as they are logged:
     ``{stage}_cer``, ``{stage}_wer`` (:class:`ErrorRate`) and ``{stage}_loss`` (a
@@ -118,7 +122,7 @@ def reset_split_metrics(module: pl.LightningModule, stage: str) -> None:
     ordinary tensors in place, so every order of validate / test / fit works.
     """
     with torch.inference_mode(False):
-        for name in ("cer", "wer", "loss"):
+        for name in SPLIT_METRIC_NAMES:
             module.metrics[f"{stage}_{name}"].reset()
 
 
@@ -127,5 +131,5 @@ def log_split_metrics(module: pl.LightningModule, stage: str) -> None:
     sums are added across processes there. Logged here, not per batch, so that every process
     logs the same names whatever its lines were (a process that never had a loss would
     otherwise skip ``{stage}_loss`` and leave the others waiting for it in the sync)."""
-    for name in ("cer", "wer", "loss"):
+    for name in SPLIT_METRIC_NAMES:
         module.log(f"{stage}_{name}", module.metrics[f"{stage}_{name}"], prog_bar=name == "cer")

@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-from htr_lightning.checkpoints import SafeCheckpointIO, UnsafeCheckpointError, load_checkpoint_file
+from htr_lightning.checkpoints import (SafeCheckpointIO, UnsafeCheckpointError, load_checkpoint_file,
+                                      load_hyperparameters)
 from htr_lightning.cli import cli_main
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
 from htr_lightning.inference.export import load_checkpoint as export_load_checkpoint
@@ -55,7 +56,7 @@ def evil_checkpoint(tmp_path):
 
 
 def test_a_checkpoint_that_needs_pickle_is_refused_by_every_loader(evil_checkpoint, capsys):
-    loaders = [load_checkpoint_file, load_system, TeacherSystem.load_from_checkpoint,
+    loaders = [load_checkpoint_file, load_hyperparameters, load_system, TeacherSystem.load_from_checkpoint,
                export_load_checkpoint, SafeCheckpointIO().load_checkpoint]
     for load in loaders:
         with pytest.raises(UnsafeCheckpointError, match="evil.ckpt: refused to load") as err:
@@ -86,3 +87,18 @@ def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):
     with pytest.raises(Exception) as err:
         load_checkpoint_file(garbage)
     assert not isinstance(err.value, UnsafeCheckpointError)
+
+
+def test_hyperparameters_are_read_alone_from_zip_and_legacy_files(tmp_path):
+    model = TeacherSystem(SYNTHETIC_CHARSET, **TINY_TEACHER)
+    path = save_cli_checkpoint(model, tmp_path / "teacher.ckpt")
+    hparams = load_hyperparameters(path)
+    assert hparams["_class_path"] == "htr_lightning.models.TeacherSystem"
+    assert hparams["charset"] == SYNTHETIC_CHARSET
+    # torch's legacy (non-zip) format cannot be memory-mapped: read in full instead.
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(torch.load(path, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert load_hyperparameters(legacy) == hparams
+    assert load_system(legacy).tokenizer.charset == SYNTHETIC_CHARSET
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    assert load_hyperparameters(tmp_path / "bare.ckpt") == {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from htr_lightning.checkpoints import load_checkpoint_file
+from htr_lightning.checkpoints import load_hyperparameters
 from htr_lightning.models.ctc_system import CTCSystem
 
 
@@ -46,7 +46,7 @@ def system_class(path: str | Path, weights_only: bool | None = None) -> type[pl.
     Raises:
         UnsafeCheckpointError: when the file needs pickle and ``weights_only`` is not False.
     """
-    hparams = load_checkpoint_file(path, "cpu", weights_only).get("hyper_parameters", {})
+    hparams = load_hyperparameters(path, weights_only)
     class_path = hparams.get("_class_path", "htr_lightning.models.TeacherSystem")
     try:
         return resolve_system_class(class_path, base=pl.LightningModule)
