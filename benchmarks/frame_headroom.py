@@ -1,0 +1,77 @@
+"""Greedy CER by frame headroom: does a CTC model have enough frames for the text of each line?
+
+CTC can emit at most one symbol per frame, and needs a blank between two equal neighbours, so a
+line whose text needs more than its frames (``len + repeated neighbours``) cannot be transcribed
+in full whatever the training; lines near that limit are hard too. The frames per line follow
+from the input width at the model's height and the network's width pooling (8 px per frame for
+the teacher). This script runs a checkpoint over a split once and prints, per bin of
+``needed / frames``: the lines, their share of the split's characters, their greedy CER and the
+CER points they contribute to the split's total, plus the errors no decoder can avoid (the
+symbols beyond the frames). Use it on your own data before choosing the height and pools.
+
+    .venv/bin/python benchmarks/frame_headroom.py --config configs/experiment/teacher_hooker.yaml \\
+        --ckpt_path checkpoints/teacher_hooker/best.ckpt --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import editdistance
+import torch
+
+from htr_lightning.decoding import GreedyDecoder
+from htr_lightning.decoding.lm_cli import datamodule_from_config, split_outputs
+from htr_lightning.models import load_system
+from htr_lightning.text.normalize import normalize_text
+
+BINS = (0.5, 0.75, 0.9, 1.0, float("inf"))
+
+
+def needed_frames(symbols: list[int]) -> int:
+    """The fewest CTC frames a label sequence needs: one per symbol, one more per repeat."""
+    return len(symbols) + sum(a == b for a, b in zip(symbols, symbols[1:]))
+
+
+def main() -> None:
+    """Prints the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (its data section)")
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--split", default="val", choices=["val", "test"])
+    args = parser.parse_args()
+
+    torch.set_grad_enabled(False)
+    model = load_system(args.ckpt_path)
+    dm = datamodule_from_config(args.config, height=model.hparams.height)
+    outputs = split_outputs(model, dm, args.split)
+    greedy = GreedyDecoder()
+    rows = []  # (ratio, chars, errors, unavoidable)
+    for log_probs, lengths, texts in outputs:
+        for hyp, frames, text in zip(greedy(log_probs, lengths, model.tokenizer), lengths.tolist(), texts):
+            ref = normalize_text(text)
+            need = needed_frames(model.tokenizer.encode(text))
+            errors = editdistance.eval(normalize_text(hyp.text), ref)
+            rows.append((need / frames, len(ref), errors, max(0, need - frames)))
+    total_chars = sum(r[1] for r in rows)
+    total_errors = sum(r[2] for r in rows)
+    print(f"{args.split}: {len(rows)} lines, {total_chars} characters, greedy CER "
+          f"{100 * total_errors / total_chars:.2f} %")
+    print("needed/frames | lines | share of chars | CER of these lines | CER points of the split")
+    low = 0.0
+    for high in BINS:
+        chosen = [r for r in rows if low < r[0] <= high]
+        chars = sum(r[1] for r in chosen)
+        errors = sum(r[2] for r in chosen)
+        label = f"> {low:.2f}" if high == float("inf") else f"{low:.2f}-{high:.2f}"
+        cer = f"{100 * errors / chars:.2f} %" if chars else "-"
+        print(f"{label} | {len(chosen)} | {100 * chars / total_chars:.1f} % | {cer} | "
+              f"{100 * errors / total_chars:.2f}")
+        low = high
+    unavoidable = sum(r[3] for r in rows)
+    print(f"symbols beyond the frames (errors no decoder can avoid): {unavoidable}, "
+          f"{100 * unavoidable / total_chars:.2f} CER points")
+
+
+if __name__ == "__main__":
+    main()
