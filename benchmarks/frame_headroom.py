@@ -23,14 +23,10 @@ import torch
 from htr_lightning.decoding import GreedyDecoder
 from htr_lightning.decoding.lm_cli import datamodule_from_config, split_outputs
 from htr_lightning.models import load_system
+from htr_lightning.models.ctc_system import ctc_min_frames
 from htr_lightning.text.normalize import normalize_text
 
 BINS = (0.5, 0.75, 0.9, 1.0, float("inf"))
-
-
-def needed_frames(symbols: list[int]) -> int:
-    """The fewest CTC frames a label sequence needs: one per symbol, one more per repeat."""
-    return len(symbols) + sum(a == b for a, b in zip(symbols, symbols[1:]))
 
 
 def main() -> None:
@@ -50,7 +46,7 @@ def main() -> None:
     for log_probs, lengths, texts in outputs:
         for hyp, frames, text in zip(greedy(log_probs, lengths, model.tokenizer), lengths.tolist(), texts):
             ref = normalize_text(text)
-            need = needed_frames(model.tokenizer.encode(text))
+            need = ctc_min_frames(model.tokenizer.encode(text))
             errors = editdistance.eval(normalize_text(hyp.text), ref)
             rows.append((need / frames, len(ref), errors, max(0, need - frames)))
     total_chars = sum(r[1] for r in rows)

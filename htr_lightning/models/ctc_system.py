@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +23,19 @@ from htr_lightning.text import CTCTokenizer
 log = logging.getLogger("htr_lightning.models")
 
 
+def ctc_min_frames(target: Sequence[int]) -> int:
+    """The fewest frames CTC needs for a label sequence: one per symbol, and one blank more
+    between each pair of equal neighbours."""
+    return len(target) + sum(a == b for a, b in itertools.pairwise(target))
+
+
 def ctc_feasible(frames: torch.Tensor, targets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Whether each target fits its frames: CTC needs T >= L + (number of repeated neighbours).
+    """Whether each target fits its frames (:func:`ctc_min_frames`).
 
     Returns:
         (B,) bool.
     """
-    need = [len(t) + sum(a == b for a, b in zip(t, t[1:])) for t in targets]
+    need = [ctc_min_frames(t) for t in targets]
     return frames.cpu() >= torch.tensor(need, dtype=torch.long)
 
 

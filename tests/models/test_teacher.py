@@ -9,6 +9,7 @@ import torch
 from htr_lightning.data import HTRDataModule
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
 from htr_lightning.models import TeacherSystem
+from htr_lightning.models.ctc_system import ctc_min_frames
 
 
 def _trainer(tmp_path, **kw):
@@ -48,6 +49,7 @@ def test_infeasible_line_left_out_and_reported_once(tiny_teacher_kwargs, caplog)
     assert len(messages) == 1 and "does not fit in 10 frames" in messages[0]
     # repeated symbols need a blank between them: "aa" needs 3 frames, not 2
     assert model.ctc_loss(log_probs[:1, :2], torch.tensor([2]), ["aa"], ["rep"]) is None
+    assert [ctc_min_frames(t) for t in ([], [1], [1, 1], [1, 2, 2, 2, 1])] == [0, 1, 3, 7]
 
 
 def test_checkpoint_loads_alone_in_a_fresh_process(tmp_path, tiny_teacher_kwargs, tiny_data_kwargs):
