@@ -39,6 +39,18 @@ def test_weights_are_taken_over_and_output_rows_matched_by_symbol(tmp_path):
         assert not torch.equal(fresh[key][1], theirs[key][2])  # so the copy did something
 
 
+def test_a_finer_width_pooling_starts_from_coarser_weights(tmp_path):
+    # Pools have no weights: a 4-px-per-frame network can start from an 8-px one and then has
+    # twice the frames for the same line (the README's advice for densely written lines).
+    source = _teacher("abc ", seed=0, pools=[[2, 2], [2, 2], [2, 2], [2, 1], None])
+    path = save_cli_checkpoint(source, tmp_path / "coarse.ckpt")
+    target = _teacher("abc ", seed=1)  # TINY_TEACHER: [[2, 2], [2, 2], [2, 1], [2, 1], None]
+    assert target.init_weights_from(path)["kept"] == "abc "
+    assert all(torch.equal(v, source.state_dict()[k]) for k, v in target.state_dict().items())
+    images = torch.rand(1, 1, 32, 80)
+    assert source.eval()(images)[1].tolist() == [10] and target.eval()(images)[1].tolist() == [20]
+
+
 def test_another_architecture_is_refused_naming_the_file(tmp_path):
     path = save_cli_checkpoint(_teacher("abc ", seed=0), tmp_path / "source.ckpt")
     target = _teacher("abc ", seed=1, lstm_hidden=16)
