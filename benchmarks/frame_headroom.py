@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 
-import editdistance
 import torch
 
 from htr_lightning.decoding import GreedyDecoder
 from htr_lightning.decoding.lm_cli import datamodule_from_config, split_outputs
+from htr_lightning.metrics import ErrorRate
 from htr_lightning.models import load_system
 from htr_lightning.models.ctc_system import ctc_min_frames
-from htr_lightning.text.normalize import normalize_text
 
 BINS = (0.5, 0.75, 0.9, 1.0, float("inf"))
 
@@ -42,23 +41,26 @@ def main() -> None:
     dm = datamodule_from_config(args.config, height=model.hparams.height)
     outputs = split_outputs(model, dm, args.split)
     greedy = GreedyDecoder()
-    rows = []  # (ratio, chars, errors, unavoidable)
+    rows = []  # (needed / frames, prediction, reference, symbols beyond the frames)
     for log_probs, lengths, texts in outputs:
         for hyp, frames, text in zip(greedy(log_probs, lengths, model.tokenizer), lengths.tolist(), texts):
-            ref = normalize_text(text)
             need = ctc_min_frames(model.tokenizer.encode(text))
-            errors = editdistance.eval(normalize_text(hyp.text), ref)
-            rows.append((need / frames, len(ref), errors, max(0, need - frames)))
-    total_chars = sum(r[1] for r in rows)
-    total_errors = sum(r[2] for r in rows)
+            rows.append((need / frames, hyp.text, text, max(0, need - frames)))
+
+    def counts(chosen: list[tuple]) -> tuple[int, int]:
+        """Character errors and reference characters of some lines, as val_cer counts them."""
+        cer = ErrorRate("char")
+        cer.update([r[1] for r in chosen], [r[2] for r in chosen])
+        return int(cer.errors), int(cer.total)
+
+    total_errors, total_chars = counts(rows)
     print(f"{args.split}: {len(rows)} lines, {total_chars} characters, greedy CER "
           f"{100 * total_errors / total_chars:.2f} %")
     print("needed/frames | lines | share of chars | CER of these lines | CER points of the split")
     low = 0.0
     for high in BINS:
         chosen = [r for r in rows if low < r[0] <= high]
-        chars = sum(r[1] for r in chosen)
-        errors = sum(r[2] for r in chosen)
+        errors, chars = counts(chosen)
         label = f"> {low:.2f}" if high == float("inf") else f"{low:.2f}-{high:.2f}"
         cer = f"{100 * errors / chars:.2f} %" if chars else "-"
         print(f"{label} | {len(chosen)} | {100 * chars / total_chars:.1f} % | {cer} | "
