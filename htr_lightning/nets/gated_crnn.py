@@ -96,7 +96,8 @@ class GatedCRNN(nn.Module):
             widths: (B,) content widths; None means every image fills W.
 
         Returns:
-            log_probs (B, T, num_classes) with T = W/8, and lengths (B,) valid frames.
+            log_probs (B, T, num_classes) with T = W / (product of the width pools: 8 for
+            TEACHER_POOLS), and lengths (B,) valid frames.
         """
         b, _, _, w = images.shape
         if widths is None:
