@@ -51,7 +51,7 @@ def main() -> None:
         parser.error(f"--bin_px {bin_px} is not a multiple of the model's {model_px} px per frame")
     outputs = split_outputs(model, dm, args.split)
     greedy = GreedyDecoder()
-    rows = []  # (needed / frames, prediction, reference, symbols beyond the frames)
+    rows = []  # (needed / frames at bin_px, prediction, reference, symbols beyond its own frames)
     for log_probs, lengths, texts in outputs:
         for hyp, frames, text in zip(greedy(log_probs, lengths, model.tokenizer), lengths.tolist(), texts):
             need = ctc_min_frames(model.tokenizer.encode(text))
