@@ -151,8 +151,9 @@ class LastCheckpoint(Checkpoint):
     """Writes ``last.ckpt`` beside the best checkpoints so that ``--ckpt_path last`` resumes
     from at most a few minutes back.
 
-    Saved after every validation, at the end of training, every ``every_minutes`` of training
-    and every ``every_n_train_steps`` steps, whether or not ``val_cer`` improved. (Lightning's
+    Saved after every validation, at the end of every epoch and of training, every
+    ``every_minutes`` of training and every ``every_n_train_steps`` steps, whether or not
+    ``val_cer`` improved. (Lightning's
     ``save_last`` on a ``ModelCheckpoint`` that monitors ``val_cer`` refreshes ``last.ckpt``
     only when a best checkpoint is written at a validation, and holds back step-triggered
     saves until the first validation: a long first epoch, or an epoch that does not improve,
@@ -183,9 +184,12 @@ class LastCheckpoint(Checkpoint):
         folder = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
         return Path(folder) / self.filename
 
-    def _save(self, trainer) -> None:
-        if (trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit"
-                or self._saved_step == trainer.global_step):
+    def _save(self, trainer, force: bool = False) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run or trainer.state.fn != "fit":
+            return
+        # A step or time save already holds this step; ``force`` is for the saves after a
+        # validation, which changes the state without a step (see on_train_epoch_end).
+        if self._saved_step == trainer.global_step and not force:
             return
         trainer.save_checkpoint(self.path(trainer), weights_only=False)  # the full state
         self._saved_step = trainer.global_step
@@ -209,9 +213,17 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        """Saves after each validation (after the best-checkpoint callback has recorded it:
-        Lightning runs checkpoint callbacks last, in the order they were given)."""
-        self._save(trainer)
+        """Saves after each validation (after the best-checkpoint callback, where that one
+        saves at validation end: Lightning runs checkpoint callbacks last, in the order they
+        were given), even when a step or time save already wrote this step."""
+        self._save(trainer, force=True)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Saves again at the end of each epoch: with one validation per epoch, Lightning's
+        ``ModelCheckpoint`` records the epoch's score here, after ``on_validation_end``. A
+        ``last.ckpt`` left at the validation-end state would carry the previous best score,
+        and a resume from it could overwrite a better ``best.ckpt`` with a worse one."""
+        self._save(trainer, force=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
         """Saves the final state."""

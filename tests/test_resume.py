@@ -133,3 +133,22 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
     assert expected[resumed_from] != pytest.approx(expected[0])  # a restart would be visible
     assert len(list(ckpt_dir.glob("best-*.ckpt"))) == 1
     _check_every_checkpoint_loads(ckpt_dir)
+
+
+def test_last_ckpt_holds_the_validation_that_ran_after_a_step_save(tmp_path, monkeypatch):
+    """A step save on an epoch's last batch is followed by that epoch's validation, and
+    ModelCheckpoint records the score at the epoch's end: last.ckpt must be written again
+    after that, so that it carries the best score. (Left at an earlier state, a resume would
+    judge best.ckpt against a stale score and could overwrite a better best.ckpt with a
+    worse one.)"""
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+    cli = cli_main(["fit", "--config", str(_config(tmp_path, throttle=0.0)),
+                    "--trainer.max_epochs", "1", "--trainer.callbacks", "[]",
+                    f"--last.every_n_train_steps={STEPS_PER_EPOCH}"])
+    best_score = cli.trainer.checkpoint_callback.best_model_score
+    assert best_score is not None
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == STEPS_PER_EPOCH
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["best_model_score"] is not None
+    assert float(state["best_model_score"]) == pytest.approx(float(best_score))
