@@ -124,7 +124,7 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
 
     # The learning rate logged after the resume continues the plan, step for step.
     logs = sorted((tmp_path / "logs" / "lightning_logs").iterdir())
-    rows = list(csv.DictReader(open(logs[-1] / "metrics.csv")))
+    rows = list(csv.DictReader((logs[-1] / "metrics.csv").read_text().splitlines()))
     logged = {int(r["step"]): float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")}
     expected = _expected_lrs(total)
     assert min(logged) == resumed_from and max(logged) == total - 1
