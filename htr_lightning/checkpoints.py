@@ -153,11 +153,11 @@ class LastCheckpoint(Checkpoint):
 
     Saved after every validation, at the end of every epoch and of training, every
     ``every_minutes`` of training and every ``every_n_train_steps`` steps, whether or not
-    ``val_cer`` improved. (Lightning's
-    ``save_last`` on a ``ModelCheckpoint`` that monitors ``val_cer`` refreshes ``last.ckpt``
-    only when a best checkpoint is written at a validation, and holds back step-triggered
-    saves until the first validation: a long first epoch, or an epoch that does not improve,
-    would leave nothing recent to resume from.)
+    ``val_cer`` improved. (Lightning's ``save_last`` on a ``ModelCheckpoint`` that monitors
+    ``val_cer`` refreshes ``last.ckpt`` only when a best checkpoint is written at a
+    validation, and holds back step-triggered saves until the first validation: a long
+    first epoch, or an epoch that does not improve, would leave nothing recent to resume
+    from.)
 
     The file goes to the folder of the trainer's ``ModelCheckpoint`` (the CLI's
     ``--checkpoint.dirpath``), where Lightning looks for ``last.ckpt``.
