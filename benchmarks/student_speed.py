@@ -5,11 +5,13 @@ median of ``--runs`` timed passes after ``--warmup`` untimed ones, teacher and s
 alternately in the same process so machine noise hits both.
 
     .venv/bin/python benchmarks/student_speed.py [--runs 7] [--threads 2]
+        [--pools '[[2,2],[2,2],[2,1],[2,1],null]']   # both nets at 4 px per frame
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -28,11 +30,14 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--classes", type=int, default=80)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--pools", type=json.loads, default=None,
+                        help="JSON list, as --model.pools takes it; default: the presets' pools")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    nets = {"teacher": GatedCRNN(args.classes).eval(),
-            "student": GatedCRNN(args.classes, **STUDENT_PRESET).eval()}
+    pools = {} if args.pools is None else {"pools": args.pools}
+    nets = {"teacher": GatedCRNN(args.classes, **pools).eval(),
+            "student": GatedCRNN(args.classes, **{**STUDENT_PRESET, **pools}).eval()}
     images = torch.rand(args.batch, 1, 64, args.width)
     times: dict[str, list[float]] = {name: [] for name in nets}
     with torch.inference_mode():
@@ -43,6 +48,7 @@ def main() -> None:
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - start)
     print(f"batch {args.batch} x 1x64x{args.width}, {args.threads} thread(s), "
+          f"{nets['teacher'].width_factors} width pools, "
           f"median of {args.runs} runs after {args.warmup} warm-up")
     speed = {}
     for name, net in nets.items():
