@@ -11,7 +11,7 @@ final weights of each arm are evaluated greedily on the full val and test splits
 Each finished arm writes ``<out>/<arm>/result.json`` and is skipped on a rerun, so a grid that
 a session end interrupts goes on where it stopped.
 
-    .venv/bin/python benchmarks/recipe_ablation.py --steps 1600 --out checkpoints/recipe_ablation
+    .venv/bin/python benchmarks/recipe_ablation.py --steps 1800 --heights 64,48,32   # README's grid
 """
 
 from __future__ import annotations
@@ -52,12 +52,15 @@ def main() -> None:
     parser.add_argument("--out", default="checkpoints/recipe_ablation")
     args = parser.parse_args()
     out = Path(args.out)
+    # Both lists are checked before any arm trains: a typo must not surface after hours of fitting.
+    grid = [(int(h), pools_for(int(h))) for h in args.heights.split(",")]
+    augments = args.augment.split(",")
+    for aug in augments:
+        if aug not in ("off", "on"):
+            raise SystemExit(f"--augment: {aug!r} is neither 'off' nor 'on'")
     rows = []
-    for height in (int(h) for h in args.heights.split(",")):
-        pools = pools_for(height)
-        for aug in args.augment.split(","):
-            if aug not in ("off", "on"):
-                raise SystemExit(f"--augment: {aug!r} is neither 'off' nor 'on'")
+    for height, pools in grid:
+        for aug in augments:
             arm = out / f"h{height}_aug_{aug}"
             done = arm / "result.json"
             if done.exists():
