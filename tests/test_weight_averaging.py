@@ -1,0 +1,59 @@
+"""Weight averaging (EMA) through Lightning's own callback, added on the command line.
+
+We write no averaging code: ``--trainer.callbacks+=EMAWeightAveraging`` works with our CLI.
+These tests hold the parts of the contract that are ours: the best checkpoint is chosen by the
+``val_cer`` of the averaged weights and holds those weights, our loaders read them, and a resume
+carries the average on.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import _common, main
+
+from htr_lightning.checkpoints import load_checkpoint_file
+from htr_lightning.models.loading import load_system
+
+EMA = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.5",
+       "--model.scheduler=constant", "--trainer.val_check_interval=2"]
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_argv(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])  # LightningCLI also looks at sys.argv
+
+
+def _differing(a: dict, b: dict) -> int:
+    assert a.keys() == b.keys()
+    return sum(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_best_checkpoint_holds_the_averaged_weights_it_was_chosen_by(tmp_path):
+    cli = main(["fit", *_common(tmp_path), *EMA, "--trainer.max_steps=6"])
+    chooser = cli.trainer.checkpoint_callback
+    best, last = Path(chooser.best_model_path), tmp_path / "ckpt" / "last.ckpt"
+    assert best.is_file() and last.is_file()
+
+    saved = load_checkpoint_file(last)
+    assert saved["global_step"] == 6 and int(saved["averaging_state"]["n_averaged"]) == 6
+    # The file's weights are the average, the raw ones ride along for a resume.
+    assert _differing(saved["state_dict"], saved["current_model_state"]) > 0
+    system = load_system(last)
+    assert _differing(system.state_dict(), saved["state_dict"]) == 0
+
+    # Validating best.ckpt without the callback gives exactly the score it was chosen by.
+    val = main(["validate", *_common(tmp_path), f"--ckpt_path={best}"])
+    assert float(val.trainer.callback_metrics["val_cer"]) == pytest.approx(float(chooser.best_model_score))
+
+
+def test_ema_resume_from_last_continues_the_average(tmp_path):
+    main(["fit", *_common(tmp_path), *EMA, "--trainer.max_steps=4"])
+    last = tmp_path / "ckpt" / "last.ckpt"
+    raw_before = load_checkpoint_file(last)["current_model_state"]
+
+    main(["fit", *_common(tmp_path), *EMA, "--trainer.max_steps=6", f"--ckpt_path={last}"])
+    saved = load_checkpoint_file(last)
+    assert saved["global_step"] == 6
+    assert int(saved["averaging_state"]["n_averaged"]) == 6  # 4 before the resume, 2 after
+    assert _differing(saved["current_model_state"], raw_before) > 0  # training went on from the raw weights
