@@ -1,11 +1,18 @@
 """Shared fixtures: tiny nets and tiny synthetic data, so every test runs in seconds."""
 
 import os
+import sys
 
 import pytest
 from tiny_systems import TINY_TEACHER
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+@pytest.fixture
+def cli_argv(monkeypatch):
+    """LightningCLI also parses ``sys.argv``: give it the command's, not pytest's."""
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+
 
 @pytest.fixture
 def tiny_teacher_kwargs():

@@ -1,5 +1,4 @@
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -7,28 +6,14 @@ import torch
 from PIL import Image
 
 from htr_lightning.cli import cli_main as main
+from tiny_systems import SYNTHETIC_TEACHER_CONFIG, tiny_cli_args
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teacher_synthetic.yaml"
-TINY = ["--model.channels=[4, 8, 8, 8, 8]", "--model.pools=[[2, 2], [2, 2], [2, 1], [2, 1], null]",
-        "--model.lstm_hidden=8", "--model.lstm_layers=1", "--model.heads=1", "--model.se_reduction=2",
-        "--data.height=32", "--data.batch_size=4", "--data.num_workers=0",
-        '--data.synthetic_size={"train": 16, "val": 8, "test": 8}']
-
-
-def _common(tmp_path):
-    return ["--config", str(CONFIG), *TINY, "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1",
-            f"--trainer.default_root_dir={tmp_path}", f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
-
-
-@pytest.fixture(autouse=True)
-def _no_pytest_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["htr-lightning"])  # LightningCLI also looks at sys.argv
+pytestmark = pytest.mark.usefixtures("cli_argv")
 
 
 def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
-    main(["fit", *_common(tmp_path), "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+    main(["fit", *tiny_cli_args(tmp_path), "--trainer.max_steps=4", "--trainer.val_check_interval=2",
           "--trainer.precision=bf16-mixed"])
     last = ckpt_dir / "last.ckpt"
     best = list(ckpt_dir.glob("best-*.ckpt"))
@@ -36,12 +21,12 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     hparams = torch.load(last, weights_only=True)["hyper_parameters"]
     assert hparams["height"] == 32 and hparams["channels"] == [4, 8, 8, 8, 8]
 
-    val = main(["validate", *_common(tmp_path), f"--ckpt_path={last}"])
+    val = main(["validate", *tiny_cli_args(tmp_path), f"--ckpt_path={last}"])
     assert set(val.trainer.callback_metrics) >= {"val_cer", "val_wer", "val_loss"}
-    test = main(["test", *_common(tmp_path), f"--ckpt_path={best[0]}"])
+    test = main(["test", *tiny_cli_args(tmp_path), f"--ckpt_path={best[0]}"])
     assert 0.0 <= float(test.trainer.callback_metrics["test_cer"]) <= 10.0
     assert test.model.decoder.name == "greedy"
-    beam = main(["test", *_common(tmp_path), f"--ckpt_path={best[0]}",
+    beam = main(["test", *tiny_cli_args(tmp_path), f"--ckpt_path={best[0]}",
                  '--decoder={"name": "beam", "beam_size": 2}'])
     assert beam.model.decoder.config()["beam_size"] == 2
     assert "test_cer" in beam.trainer.callback_metrics
@@ -51,7 +36,7 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     for i in range(3):
         Image.new("L", (120 + 30 * i, 40), 255).save(images / f"line{i}.png")
     out = tmp_path / "out.jsonl"
-    main(["predict", *_common(tmp_path), f"--ckpt_path={last}", f"--data.predict_paths=[{images}]",
+    main(["predict", *tiny_cli_args(tmp_path), f"--ckpt_path={last}", f"--data.predict_paths=[{images}]",
           f"--output.path={out}", "--output.format=jsonl"])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [Path(r["id"]).name for r in rows] == ["line0.png", "line1.png", "line2.png"]
@@ -61,10 +46,10 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
 def test_wrong_dataset_root_fails_at_start_naming_the_path(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        main(["fit", *_common(tmp_path), "--data.dataset=pagexml", f"--data.root={missing}"])
+        main(["fit", *tiny_cli_args(tmp_path), "--data.dataset=pagexml", f"--data.root={missing}"])
 
 
-@pytest.mark.parametrize("config", sorted(CONFIG.parent.glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("config", sorted(SYNTHETIC_TEACHER_CONFIG.parent.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_experiment_config_parses(config, capsys):
     with pytest.raises(SystemExit) as done:
         main(["fit", "--config", str(config), "--print_config"])
@@ -74,7 +59,7 @@ def test_every_experiment_config_parses(config, capsys):
 
 def test_early_stopping_on_val_cer_and_no_validation_still_trains(tmp_path):
     frozen = ["--model.lr=0", "--model.weight_decay=0", "--model.scheduler=constant"]
-    cli = main(["fit", *_common(tmp_path), *frozen, "--trainer.max_steps=-1",
+    cli = main(["fit", *tiny_cli_args(tmp_path), *frozen, "--trainer.max_steps=-1",
                 "--trainer.max_epochs=6", "--trainer.val_check_interval=1.0",
                 "--trainer.check_val_every_n_epoch=1", "--early_stopping.patience=2"])
     stopper = next(c for c in cli.trainer.callbacks if type(c).__name__ == "EarlyStopping")
@@ -82,6 +67,6 @@ def test_early_stopping_on_val_cer_and_no_validation_still_trains(tmp_path):
     # val_cer never changes: best at epoch 0, no improvement at 1 and 2, stop after epoch 2
     assert stopper.stopped_epoch == 2 and cli.trainer.current_epoch == 3
 
-    unvalidated = main(["fit", *_common(tmp_path / "b"), "--trainer.max_steps=2",
+    unvalidated = main(["fit", *tiny_cli_args(tmp_path / "b"), "--trainer.max_steps=2",
                         "--trainer.limit_val_batches=0"])
     assert unvalidated.trainer.global_step == 2

@@ -5,23 +5,19 @@ These tests hold the parts of the contract that are ours: the best checkpoint is
 ``val_cer`` of the averaged weights and holds those weights, our loaders read them, and a resume
 carries the average on.
 """
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_cli import _common, main
+from tiny_systems import tiny_cli_args
 
 from htr_lightning.checkpoints import load_checkpoint_file
+from htr_lightning.cli import cli_main as main
 from htr_lightning.models.loading import load_system
 
 EMA = ["--trainer.callbacks+=EMAWeightAveraging", "--trainer.callbacks.decay=0.5",
        "--model.scheduler=constant", "--trainer.val_check_interval=2"]
-
-
-@pytest.fixture(autouse=True)
-def _no_pytest_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["htr-lightning"])  # LightningCLI also looks at sys.argv
+pytestmark = pytest.mark.usefixtures("cli_argv")
 
 
 def _differing(a: dict, b: dict) -> int:
@@ -30,7 +26,7 @@ def _differing(a: dict, b: dict) -> int:
 
 
 def test_ema_best_checkpoint_holds_the_averaged_weights_it_was_chosen_by(tmp_path):
-    cli = main(["fit", *_common(tmp_path), *EMA, "--trainer.max_steps=6"])
+    cli = main(["fit", *tiny_cli_args(tmp_path), *EMA, "--trainer.max_steps=6"])
     chooser = cli.trainer.checkpoint_callback
     best, last = Path(chooser.best_model_path), tmp_path / "ckpt" / "last.ckpt"
     assert best.is_file() and last.is_file()
@@ -43,16 +39,16 @@ def test_ema_best_checkpoint_holds_the_averaged_weights_it_was_chosen_by(tmp_pat
     assert _differing(system.state_dict(), saved["state_dict"]) == 0
 
     # Validating best.ckpt without the callback gives exactly the score it was chosen by.
-    val = main(["validate", *_common(tmp_path), f"--ckpt_path={best}"])
+    val = main(["validate", *tiny_cli_args(tmp_path), f"--ckpt_path={best}"])
     assert float(val.trainer.callback_metrics["val_cer"]) == pytest.approx(float(chooser.best_model_score))
 
 
 def test_ema_resume_from_last_continues_the_average(tmp_path):
-    main(["fit", *_common(tmp_path), *EMA, "--trainer.max_steps=4"])
+    main(["fit", *tiny_cli_args(tmp_path), *EMA, "--trainer.max_steps=4"])
     last = tmp_path / "ckpt" / "last.ckpt"
     raw_before = load_checkpoint_file(last)["current_model_state"]
 
-    main(["fit", *_common(tmp_path), *EMA, "--trainer.max_steps=6", f"--ckpt_path={last}"])
+    main(["fit", *tiny_cli_args(tmp_path), *EMA, "--trainer.max_steps=6", f"--ckpt_path={last}"])
     saved = load_checkpoint_file(last)
     assert saved["global_step"] == 6
     assert int(saved["averaging_state"]["n_averaged"]) == 6  # 4 before the resume, 2 after

@@ -1,6 +1,8 @@
 """Tiny system settings and a checkpoint writer shared by test modules (importable by name,
 unlike ``conftest``, of which tests/ holds more than one)."""
 
+from pathlib import Path
+
 import lightning
 import torch
 
@@ -35,6 +37,20 @@ def tiny_teacher_cli_args() -> list[str]:
 
     return [f"--model.{key}={json.dumps(value)}" for key, value in TINY_TEACHER.items()
             if key != "height"]
+
+
+SYNTHETIC_TEACHER_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "experiment" / "teacher_synthetic.yaml"
+
+
+def tiny_cli_args(tmp_path: Path) -> list[str]:
+    """``htr-lightning`` arguments for a quiet run of the tiny teacher on tiny synthetic data,
+    with its logs under ``tmp_path`` and its checkpoints in ``tmp_path / "ckpt"``."""
+    return ["--config", str(SYNTHETIC_TEACHER_CONFIG), *tiny_teacher_cli_args(),
+            "--data.height=32", "--data.batch_size=4", "--data.num_workers=0",
+            '--data.synthetic_size={"train": 16, "val": 8, "test": 8}',
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+            "--trainer.log_every_n_steps=1", f"--trainer.default_root_dir={tmp_path}",
+            f"--checkpoint.dirpath={tmp_path / 'ckpt'}"]
 
 
 class Throttle(lightning.pytorch.Callback):

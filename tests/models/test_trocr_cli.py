@@ -1,5 +1,4 @@
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "trocr_tiny_synthetic.yaml"
 
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def _no_pytest_argv(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["htr-lightning"])  # LightningCLI also looks at sys.argv
+pytestmark = pytest.mark.usefixtures("one_thread", "cli_argv")
 
 
 def _common(tmp_path, pretrained):
