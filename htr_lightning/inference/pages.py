@@ -40,6 +40,9 @@ class SourceLine:
         count: Lines found in the input.
         image: The line image.
         box: (left, top, right, bottom) in the (deskewed) input, or None for PAGE-XML lines.
+        polygon: The line's corners in the input image as given (before deskewing), or None
+            for PAGE-XML lines, which have their own.
+        line_id: The ``TextLine`` id of a PAGE-XML/ALTO line, else None.
     """
 
     source: str
@@ -47,15 +50,17 @@ class SourceLine:
     count: int
     image: Image.Image
     box: tuple[int, int, int, int] | None
+    polygon: tuple[tuple[int, int], ...] | None = None
+    line_id: str | None = None
 
     def item(self, preprocess: LinePreprocessor) -> dict:
         """The line as a dataset item (the :func:`~htr_lightning.data.batching.collate_lines`
-        keys) with its ``meta``: source, index, count and box, what :class:`PageAssembler`
-        needs to put its input back together."""
+        keys) with its ``meta``: source, index, count, box, polygon and line id, what
+        :class:`PageAssembler` needs to put its input back together."""
         tensor, width = preprocess(self.image)
         return {"image": tensor, "width": width, "text": "", "id": f"{self.source}#{self.index}",
                 "meta": {"source": self.source, "index": self.index, "count": self.count,
-                         "box": self.box}}
+                         "box": self.box, "polygon": self.polygon, "line_id": self.line_id}}
 
 
 def source_lines(source: str | Path | Image.Image, segment: str = "auto",
@@ -87,13 +92,17 @@ def source_lines(source: str | Path | Image.Image, segment: str = "auto",
             report.log()
             if not samples and report.count():  # refused (DTD, traversal, ...): say why
                 raise BadSampleError(f"{path}: cannot read PAGE-XML ({'; '.join(report.reasons())})")
-            return [SourceLine(name, i, len(samples), s.load(), None)
-                    for i, s in enumerate(samples)]
+            # Sample ids are "<xml stem>/<TextLine id>" (read_page_file).
+            return [SourceLine(name, i, len(samples), s.load(), None,
+                               line_id=s.id.split("/", 1)[1]) for i, s in enumerate(samples)]
         image = LineSample(id=name, text="", path=str(path)).load()
     if segment == "none" or (segment == "auto" and not looks_like_page(image)):
-        return [SourceLine(name, 0, 1, image, (0, 0, image.width, image.height))]
+        box = (0, 0, image.width, image.height)
+        corners = ((0, 0), (image.width, 0), (image.width, image.height), (0, image.height))
+        return [SourceLine(name, 0, 1, image, box, corners)]
     crops = split_lines(image)
-    return [SourceLine(name, i, len(crops), c.image, c.box) for i, c in enumerate(crops)]
+    return [SourceLine(name, i, len(crops), c.image, c.box, c.polygon)
+            for i, c in enumerate(crops)]
 
 
 class PredictLines(IterableDataset):
@@ -136,7 +145,7 @@ class PredictLines(IterableDataset):
 
 def _empty(source: str, error: str) -> dict:
     return {"image": None, "meta": {"source": source, "index": 0, "count": 0, "box": None,
-                                    "error": error}}
+                                    "polygon": None, "line_id": None, "error": error}}
 
 
 def collate_predict(items: list[dict], width_multiple: int = WIDTH_MULTIPLE) -> dict:
@@ -160,10 +169,15 @@ def prediction_records(batch: dict, hyps: Sequence[Hypothesis]) -> list[dict]:
     return records + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
 
 
+_LINE_KEYS = ("text", "confidence", "box", "polygon", "line_id")
+
+
 class PageAssembler:
     """Collects transcribed lines until each input is complete, then gives its result:
     ``{"id", "text" (lines joined by newlines), "confidence" (mean of the lines'), "lines":
-    [{"text", "confidence", "box"}]}``, plus ``error`` for an input without lines."""
+    [{"text", "confidence", "box", "polygon", "line_id"}]}``, plus ``error`` for an input
+    without lines. ``box`` is in the deskewed input, ``polygon`` in the input as given;
+    ``line_id`` names a PAGE-XML/ALTO line (the other two are then None)."""
 
     def __init__(self) -> None:
         self._pending: dict[str, list[dict]] = {}
@@ -182,8 +196,7 @@ class PageAssembler:
         got.sort(key=lambda x: x["index"])
         return {"id": line["source"], "text": "\n".join(x["text"] for x in got),
                 "confidence": sum(x["confidence"] for x in got) / len(got),
-                "lines": [{"text": x["text"], "confidence": x["confidence"], "box": x["box"]}
-                          for x in got]}
+                "lines": [{key: x.get(key) for key in _LINE_KEYS} for x in got]}
 
     @property
     def pending(self) -> list[str]:
@@ -203,9 +216,13 @@ class LineTranscription(Hypothesis):
 
     Attributes:
         box: (left, top, right, bottom) of the line in the (deskewed) image, or None.
+        polygon: The line's corners in the image as given (before deskewing), or None.
+        line_id: The ``TextLine`` id of a PAGE-XML/ALTO line, else None.
     """
 
     box: tuple[int, int, int, int] | None = None
+    polygon: tuple[tuple[int, int], ...] | None = None
+    line_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -260,5 +277,6 @@ def transcribe_sources(
     for name in names:
         done = results.get(name) or {"text": "", "confidence": 0.0, "lines": []}
         out.append(Transcription(done["text"], done["confidence"], tuple(
-            LineTranscription(x["text"], x["confidence"], x["box"]) for x in done["lines"])))
+            LineTranscription(x["text"], x["confidence"], x["box"], x["polygon"], x["line_id"])
+            for x in done["lines"])))
     return out[0] if single else out

@@ -32,11 +32,46 @@ class LineCrop:
         image: The line, grayscale, from the deskewed full-resolution page.
         box: (left, top, right, bottom) of the crop in the deskewed page, in pixels.
         angle: Rotation applied to the page before cropping, in degrees (counter-clockwise).
+        polygon: The box's corners (top left, top right, bottom right, bottom left) in the
+            input image as given, before deskewing: where the line lies on the page.
     """
 
     image: Image.Image
     box: tuple[int, int, int, int]
     angle: float
+    polygon: tuple[tuple[int, int], ...]
+
+
+def unrotate(points: list[tuple[float, float]], angle: float, size: tuple[int, int],
+             rotated_size: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+    """Maps points of ``image.rotate(angle, expand=True)`` back onto ``image``.
+
+    Args:
+        points: (x, y) in the rotated image.
+        angle: The rotation, in degrees counter-clockwise (PIL's convention).
+        size: (width, height) of the image before rotating.
+        rotated_size: (width, height) of the rotated (expanded) image.
+
+    Returns:
+        The points in the image before rotating, rounded and clipped to it.
+    """
+    # PIL rotates about the centre and, with expand, centres the result on the larger canvas,
+    # so a point's offset from the rotated centre, turned back by the angle, is its offset
+    # from the original centre.
+    t = math.radians(angle)
+    cos, sin = math.cos(t), math.sin(t)
+    (w, h), (rw, rh) = size, rotated_size
+    out = []
+    for x, y in points:
+        dx, dy = x - rw / 2, y - rh / 2
+        ox, oy = cos * dx - sin * dy + w / 2, sin * dx + cos * dy + h / 2
+        out.append((min(max(round(ox), 0), w), min(max(round(oy), 0), h)))
+    return tuple(out)
+
+
+def _corners(box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+    left, top, right, bottom = box
+    return [(left, top), (right, top), (right, bottom), (left, bottom)]
 
 
 def otsu_threshold(gray: np.ndarray) -> int:
@@ -275,7 +310,8 @@ def split_lines(image: Image.Image, max_angle: float = 5.0, pad: float = 0.3,
     amounts = np.array([ink[top:bottom].sum() for top, bottom in lines], dtype=np.float64)
     lines, amounts = _without_edge_fragments(lines, amounts, ink.shape[0])
     if len(lines) <= 1:
-        return [LineCrop(gray, (0, 0, gray.width, gray.height), 0.0)] if lines else []
+        whole = (0, 0, gray.width, gray.height)
+        return [LineCrop(gray, whole, 0.0, tuple(_corners(whole)))] if lines else []
     page = gray.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=255) if angle else gray
     floor = min_ink * float(np.median(amounts))
     heights = [bottom - top for top, bottom in lines]
@@ -291,5 +327,7 @@ def split_lines(image: Image.Image, max_angle: float = 5.0, pad: float = 0.3,
         box = (max(0, int((left - margin) / scale)), max(0, int((top - margin) / scale)),
                min(page.width, math.ceil((right + margin) / scale)),
                min(page.height, math.ceil((bottom + margin) / scale)))
-        crops.append(LineCrop(page.crop(box), box, angle))
+        polygon = (unrotate(_corners(box), angle, gray.size, page.size) if angle
+                   else tuple(_corners(box)))
+        crops.append(LineCrop(page.crop(box), box, angle, polygon))
     return crops

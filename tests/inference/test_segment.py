@@ -3,7 +3,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from htr_lightning.data.synthetic import SyntheticLines, compose_page
-from htr_lightning.inference.segment import otsu_threshold, paper_box, skew_angle, split_lines
+from htr_lightning.inference.segment import (otsu_threshold, paper_box, skew_angle, split_lines,
+                                             unrotate)
 
 
 def _lines(n, seed=0):
@@ -49,6 +50,7 @@ def test_single_line_passes_through_whole():
     crops = split_lines(line)
     assert len(crops) == 1
     assert crops[0].box == (0, 0, line.width, line.height) and crops[0].angle == 0.0
+    assert crops[0].polygon == ((0, 0), (line.width, 0), (line.width, line.height), (0, line.height))
     assert crops[0].image.size == line.size
 
 
@@ -72,3 +74,43 @@ def test_dark_scan_border_is_cut_off():
     assert (left, top) == (60, 60)
     assert (right, bottom) == (60 + page.width, 60 + page.height)
     assert len(split_lines(framed)) == 4
+
+
+@pytest.mark.parametrize("angle", [3.0, -4.5])
+def test_unrotate_finds_a_dot_where_it_was(angle):
+    page = np.full((300, 400), 255, np.uint8)
+    page[200:204, 300:304] = 0  # a dot centred on (302, 202)
+    image = Image.fromarray(page)
+    rotated = image.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=255)
+    ys, xs = np.nonzero(np.asarray(rotated) < 128)
+    assert rotated.size != image.size
+    got = unrotate([(xs.mean() + 0.5, ys.mean() + 0.5)], angle, image.size, rotated.size)
+    assert got[0] == pytest.approx((302, 202), abs=1)
+
+
+@pytest.mark.parametrize("angle", [0.0, 2.0, -3.0, 4.0])
+def test_line_polygons_lie_on_their_lines_in_the_skewed_page(angle):
+    lines = _lines(4, 6)
+    gaps = [25, 30, 20]
+    page, rows = compose_page(lines, gaps, angle=angle)
+    # Where each line lies in the page: the unrotated page's line rectangles, labelled 1..4
+    # and rotated exactly as compose_page rotated the page.
+    margin = 40
+    labels = np.zeros((sum(x.height for x in lines) + sum(gaps) + 2 * margin,
+                       max(x.width for x in lines) + 2 * margin), np.uint8)
+    for number, ((top, bottom), line) in enumerate(zip(rows, lines), 1):
+        labels[top:bottom, margin:margin + line.width] = number
+    label_page = np.asarray(Image.fromarray(labels).rotate(angle, Image.Resampling.NEAREST,
+                                                           expand=True))
+    assert label_page.shape == (page.height, page.width)
+    crops = split_lines(page)
+    assert len(crops) == 4
+    for number, crop in enumerate(crops, 1):
+        xs, ys = [p[0] for p in crop.polygon], [p[1] for p in crop.polygon]
+        assert len(crop.polygon) == 4
+        assert 0 <= min(xs) and max(xs) <= page.width and 0 <= min(ys) and max(ys) <= page.height
+        # The polygon is centred on its line (within 5 px; skipping the deskew rotation
+        # misses by up to 16 px at these angles).
+        line_ys, line_xs = np.nonzero(label_page == number)
+        assert np.mean(xs) == pytest.approx(line_xs.mean(), abs=5)
+        assert np.mean(ys) == pytest.approx(line_ys.mean(), abs=5)
