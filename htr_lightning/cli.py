@@ -27,6 +27,7 @@ from htr_lightning.checkpoints import (InitWeights, LastCheckpoint, SafeCheckpoi
                                       load_hyperparameters)
 from htr_lightning.data.datamodule import HTRDataModule
 from htr_lightning.inference.pages import PageAssembler
+from htr_lightning.inference.pagexml import write_result
 
 log = logging.getLogger("htr_lightning")
 
@@ -38,20 +39,30 @@ class TranscriptionWriter(Callback):
     not have and warns about it.)
 
     Args:
-        path: Output file; None prints to stdout.
-        format: "txt" (one ``id<TAB>text`` row per line, in reading order) or "jsonl" (one
-            ``{"id", "text", "confidence", "lines": [{"text", "confidence", "box"}]}`` object
-            per input; ``text`` joins the lines with newlines).
+        path: Output file; None prints to stdout. For "pagexml", the output folder.
+        format: "txt" (one ``id<TAB>text`` row per line, in reading order), "jsonl" (one
+            ``{"id", "text", "confidence", "lines": [{"text", "confidence", "box", "polygon",
+            "line_id"}]}`` object per input; ``text`` joins the lines with newlines) or
+            "pagexml" (one PAGE-XML file per input in the folder ``path``, see
+            :mod:`htr_lightning.inference.pagexml`).
     """
+
+    FORMATS = ("txt", "jsonl", "pagexml")
 
     def __init__(self, path: str | None = None, format: str = "txt") -> None:
         super().__init__()
-        if format not in ("txt", "jsonl"):
-            raise ValueError(f"output format must be txt or jsonl, not {format!r}")
+        if format not in self.FORMATS:
+            raise ValueError(f"output format must be one of {', '.join(self.FORMATS)}, "
+                             f"not {format!r}")
+        if format == "pagexml" and (path is None or Path(path).is_file()):
+            raise ValueError("output format pagexml writes one XML file per input into a "
+                             f"folder: set --output.path to a folder (got {path!r})")
         self.path = path
         self.format = format
         self._started = False
         self._pages = PageAssembler()
+        self._written: set[Path] = set()
+        self._warned_lines = False
 
     def _rows(self, result: dict) -> list[str]:
         if self.format == "jsonl":
@@ -72,6 +83,9 @@ class TranscriptionWriter(Callback):
                 result = self._pages.add(line)
                 if result is None:
                     continue
+            if self.format == "pagexml":
+                self._write_page(result)
+                continue
             rows += self._rows(result)
         if rows:
             self._write(rows)
@@ -81,6 +95,18 @@ class TranscriptionWriter(Callback):
         if self._pages.pending:
             log.warning("predict: %d input(s) incomplete: %s", len(self._pages.pending),
                         ", ".join(self._pages.pending[:5]))
+
+    def _write_page(self, result: dict) -> None:
+        if "lines" not in result:  # lines of a dataset split: no page to write them into
+            if not self._warned_lines:
+                log.warning("output format pagexml writes the pages of --data.predict_paths; "
+                            "lines of a dataset split (%s, ...) are not written", result["id"])
+                self._warned_lines = True
+            return
+        try:
+            write_result(result, self.path, self._written)
+        except (OSError, ValueError) as err:  # one input's file, not the run
+            log.warning("%s: no PAGE-XML written (%s)", result["id"], err)
 
     def _write(self, rows: list[str]) -> None:
         if self.path is None:
