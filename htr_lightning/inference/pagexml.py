@@ -98,7 +98,13 @@ def _set_page_line(element: ET.Element, text: str, confidence: float | None) -> 
         position = next((i for i, child in enumerate(children)
                          if _local(child.tag) in _AFTER_TEXT_EQUIV), len(children))
     new = _text_equiv(ns, text, confidence)
-    new.tail = children[old[0]].tail if old else (children[position - 1].tail if position else None)
+    if old:  # keep the document's own indentation
+        first = children[old[0]]
+        new.text, new.tail = first.text, first.tail
+        if len(first):
+            new[0].tail = first[-1].tail
+    elif position:
+        new.tail = children[position - 1].tail
     for i in reversed(old):
         element.remove(children[i])
     element.insert(position, new)
