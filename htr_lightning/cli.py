@@ -163,6 +163,17 @@ class HTRLightningCLI(LightningCLI):
                  "(--model.decoder sets a fresh model's; with --ckpt_path the checkpoint's "
                  "hyperparameters take precedence over --model.*.)")
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parses as LightningCLI does, after naming the checkpoint's class as ``--model`` for
+        ``validate``, ``test`` and ``predict`` with ``--ckpt_path``, so a checkpoint needs no
+        config: ``htr-lightning predict --ckpt_path model.ckpt --data.predict_paths scans/``.
+        (LightningCLI requires ``--model`` before it reads the checkpoint; anything the
+        command line or a config gives comes after and is parsed as before.)"""
+        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+        if argv is not None:
+            argv = _with_checkpoint_model(argv)
+        super().parse_arguments(parser, argv if argv is not None else args)
+
     def before_instantiate_classes(self) -> None:
         """Remembers the run's ``--decoder`` before the classes are built."""
         sub = self.config.get(self.subcommand) if self.subcommand else self.config
@@ -191,6 +202,7 @@ class HTRLightningCLI(LightningCLI):
         hparams.pop("_instantiator", None)
         if not hparams:
             return
+        kwargs = dict(hparams)  # parse_object may consume what it is given
         if "_class_path" in hparams:
             hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
         try:
@@ -198,12 +210,54 @@ class HTRLightningCLI(LightningCLI):
         except SystemExit:
             sys.stderr.write(f"{ckpt_path}: its hyperparameters do not parse as a model config\n")
             raise
+        # The network was trained on exactly this charset and input height: the data takes
+        # them from the checkpoint, so it needs neither the training split (to rebuild the
+        # charset) nor a config that repeats the height. The parse above re-applied the
+        # data -> model links, so the model's linked values are set back as well.
+        data, model = self.config[sub]["data"], self.config[sub]["model"].get("init_args")
+        for key in ("charset", "height", "fixed_width"):
+            value = kwargs.get(key)
+            if value is None:
+                continue
+            if key in data:
+                data[key] = value
+            if model is not None and key in model:
+                model[key] = value
 
     def after_instantiate_classes(self) -> None:
         """Applies ``--decoder`` to the model."""
         super().after_instantiate_classes()
         if self._decoder is not None:
             self.model.set_decoder(self._decoder)
+
+
+def _with_checkpoint_model(argv: list[str]) -> list[str]:
+    """``argv`` with ``--model=<the checkpoint's class>`` after an evaluation subcommand that
+    has ``--ckpt_path FILE`` and no ``--model``; unchanged otherwise (or when the file cannot
+    be read here: the normal parse then reports it)."""
+    sub = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if sub is None or argv[sub] not in ("validate", "test", "predict"):
+        return argv
+    rest = argv[sub + 1:]
+    if any(a == "--model" or a.startswith("--model=") for a in rest):
+        return argv
+    path = next((rest[i + 1] for i, a in enumerate(rest[:-1]) if a == "--ckpt_path"), None)
+    path = path or next((a.split("=", 1)[1] for a in rest if a.startswith("--ckpt_path=")), None)
+    if not path or not Path(path).is_file():
+        return argv
+    weights_only = next((a.split("=", 1)[1] for a in rest if a.startswith("--weights_only=")),
+                        None)
+    if "--weights_only" in rest[:-1]:
+        weights_only = rest[rest.index("--weights_only") + 1]
+    try:
+        hparams = load_hyperparameters(path, None if weights_only is None
+                                       else weights_only.lower() not in ("false", "0", "no"))
+    except Exception:  # noqa: BLE001 - the normal parse reports an unreadable checkpoint
+        return argv
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        return argv
+    return [*argv[: sub + 1], f"--model={class_path}", *rest]
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> HTRLightningCLI:

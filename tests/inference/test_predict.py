@@ -120,3 +120,25 @@ def test_predict_cli_over_pages_lines_and_broken_files(tmp_path, monkeypatch, ti
     assert rows["blank.png"]["error"] == "no text line found"
     assert np.isclose(rows["page.jpg"]["confidence"],
                       np.mean([x["confidence"] for x in rows["page.jpg"]["lines"]]))
+
+
+def test_predict_needs_only_the_checkpoint(tmp_path, monkeypatch, tiny_teacher_kwargs):
+    """No config, no dataset: the class, charset and input height come from the checkpoint."""
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+    charset = "adeinorst "  # not the synthetic alphabet that the data would default to
+    torch.manual_seed(1)
+    model = TeacherSystem(charset=charset, **tiny_teacher_kwargs)  # height 32, not the default 64
+    ckpt = save_cli_checkpoint(model, tmp_path / "tiny.ckpt")
+    image = tmp_path / "line.png"
+    SyntheticLines(1, split="val", seed=3)[0].load().save(image)
+    out = tmp_path / "out.jsonl"
+    cli = cli_main(["predict", f"--ckpt_path={ckpt}", f"--data.predict_paths=[{image}]",
+                    f"--output.path={out}", "--output.format=jsonl", "--trainer.logger=false",
+                    "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    assert type(cli.model) is TeacherSystem
+    assert cli.model.hparams.charset == cli.datamodule.charset == charset
+    assert cli.model.hparams.height == cli.datamodule.height == 32
+    (row,) = map(json.loads, out.read_text().splitlines())
+    expected = model.eval().transcribe(image)
+    assert row["text"] == expected.text
+    assert row["confidence"] == pytest.approx(expected.confidence, abs=1e-5)
