@@ -67,7 +67,9 @@ def read_folder(
         else:
             raise FileNotFoundError(
                 f"split folder or list {location} not found; expected a folder of NAME.png + "
-                f"NAME.txt pairs (default root/{split}/) or a file listing names"
+                f"NAME.txt pairs (default root/{split}/) or a file listing names; "
+                "`python -m htr_lightning.data.split --dataset folder --root ...` writes "
+                "such lists for a collection that has no split folders"
             )
     return sorted(samples, key=lambda s: s.id)
 

@@ -304,7 +304,9 @@ def read_pagexml(
     _check_split(split)
     root = _dataset_root(root, "page images with PAGE-XML files and <split>.lst page lists")
     list_file = root / f"{split}.lst" if split_spec is None else _spec_path(root, split_spec)
-    expected = f"page ids of the {split} split, one per line (<id>.xml in pages/, page/ or root)"
+    expected = (f"page ids of the {split} split, one per line (<id>.xml in pages/, page/ or "
+                "root); `python -m htr_lightning.data.split --dataset pagexml --root ...` "
+                "writes the three lists for a collection that has none")
     page_ids = _read_list(list_file, expected)
     geometry = _Geometry(
         thin_ratio, outlier_ratio, ascender, descender, rotate_vertical, pad_to_band
