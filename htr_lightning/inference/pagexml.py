@@ -185,6 +185,29 @@ def _update_regions(document: ET.Element, updated: set[ET.Element]) -> None:
         ET.SubElement(equivs[0], f"{ns}Unicode").text = "\n".join(texts)
 
 
+def write_transcription(transcription, source: str | Path, out_dir: str | Path) -> Path | None:
+    """Writes what ``model.transcribe(source)`` returned as PAGE-XML, as ``predict
+    --output.format pagexml`` would: ``write_transcription(model.transcribe("page.jpg"),
+    "page.jpg", "page/")``.
+
+    Args:
+        transcription: A :class:`~htr_lightning.inference.pages.Transcription` of ``source``.
+        source: The image or PAGE-XML/ALTO file that was transcribed (a path, not a PIL image).
+        out_dir: Output folder.
+
+    Returns:
+        The file written (None for a transcription without lines, which is logged).
+    """
+    result = {"id": str(source), "text": transcription.text,
+              "confidence": transcription.confidence,
+              "lines": [{"text": line.text, "confidence": line.confidence, "box": line.box,
+                         "polygon": line.polygon, "line_id": line.line_id}
+                        for line in transcription.lines]}
+    if not result["lines"]:
+        result["error"] = "no text line found"
+    return write_result(result, out_dir, set())
+
+
 def write_result(result: dict, out_dir: str | Path, taken: set[Path]) -> Path | None:
     """Writes one input's PAGE-XML into ``out_dir`` as ``<input stem>.xml``.
 

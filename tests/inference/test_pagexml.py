@@ -12,7 +12,7 @@ from htr_lightning.cli import TranscriptionWriter, cli_main
 from htr_lightning.data.readers.pagexml import read_page_file
 from htr_lightning.data.synthetic import SyntheticLines, compose_page
 from htr_lightning.decoding.greedy import Hypothesis
-from htr_lightning.inference.pagexml import PAGE_NS, write_result
+from htr_lightning.inference.pagexml import PAGE_NS, write_result, write_transcription
 from htr_lightning.inference.pages import PageAssembler, prediction_records, source_lines
 from htr_lightning.models import TeacherSystem, load_system
 from htr_lightning.text import normalize_text
@@ -215,3 +215,21 @@ def test_predict_writes_page_xml_for_images(tmp_path, tiny_teacher_kwargs, caplo
     assert [s.text for s in back] == [normalize_text(x.text) for x in expected.lines]
     single = _lines(ET.fromstring((out / "line.xml").read_bytes()))
     assert len(single) == 1
+
+
+def test_a_notebook_transcription_writes_the_same_page_xml(tmp_path, tiny_teacher_kwargs):
+    torch.manual_seed(0)
+    model = TeacherSystem(charset=SyntheticLines.charset, **tiny_teacher_kwargs).eval()
+    lines = [s.load() for s in SyntheticLines(3, split="test", seed=2, min_words=1, max_words=3)]
+    page, _ = compose_page(lines, [22, 30], angle=-1.5)
+    page.save(tmp_path / "page.png")
+    transcription = model.transcribe(tmp_path / "page.png")
+    written = write_transcription(transcription, tmp_path / "page.png", tmp_path / "page")
+    root = ET.fromstring(written.read_bytes())
+    xml_lines = _lines(root)
+    assert len(xml_lines) == len(transcription.lines) == 3
+    for element, line in zip(xml_lines, transcription.lines):
+        assert _children(element, "Coords")[0].get("points") == " ".join(
+            f"{x},{y}" for x, y in line.polygon)
+        assert (element.find(f".//{{{PAGE_NS}}}Unicode").text or "") == line.text
+    assert len(read_page_file(written)) == 3
