@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMo
                                          ModelCheckpoint)
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from htr_lightning.checkpoints import (InitWeights, LastCheckpoint, SafeCheckpointIO,
                                       load_hyperparameters)
@@ -37,6 +38,11 @@ class TranscriptionWriter(Callback):
     of an input's lines are transcribed. (A plain callback rather than Lightning's
     ``BasePredictionWriter``, which tracks dataset indices that a stream of page lines does
     not have and warns about it.)
+
+    ``validate`` and ``test`` with a ``path`` write each line of the split with its reference
+    and error counts (:func:`~htr_lightning.metrics.line_errors`): the whole record in jsonl,
+    ``id<TAB>text`` in txt. The validation inside ``fit`` writes nothing. Under several
+    processes, each writes its share to ``<path>.rank<N>``.
 
     Args:
         path: Output file; None prints to stdout. For "pagexml", the output folder.
@@ -63,6 +69,7 @@ class TranscriptionWriter(Callback):
         self._pages = PageAssembler()
         self._written: set[Path] = set()
         self._warned_lines = False
+        self._target = path
 
     def _rows(self, result: dict) -> list[str]:
         if self.format == "jsonl":
@@ -90,6 +97,34 @@ class TranscriptionWriter(Callback):
         if rows:
             self._write(rows)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Gives each process its own file when there are several (they would truncate and
+        interleave one another's rows)."""
+        if self.path is not None and trainer.world_size > 1:
+            self._target = f"{self.path}.rank{trainer.global_rank}"
+
+    def _evaluated(self, trainer, outputs) -> None:
+        if self.path is None or not outputs or trainer.state.fn not in (
+                TrainerFn.VALIDATING, TrainerFn.TESTING):
+            return  # the validation inside fit, or no file asked for
+        if self.format == "pagexml":
+            if not self._warned_lines:
+                log.warning("output format pagexml is for predict; validate/test write jsonl or txt")
+                self._warned_lines = True
+            return
+        self._write([json.dumps(r, ensure_ascii=False) if self.format == "jsonl"
+                     else f"{r['id']}\t{r['text']}" for r in outputs])
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                                dataloader_idx=0) -> None:
+        """``validate``: writes the batch's lines with their references and errors."""
+        self._evaluated(trainer, outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx,
+                          dataloader_idx=0) -> None:
+        """``test``: writes the batch's lines with their references and errors."""
+        self._evaluated(trainer, outputs)
+
     def on_predict_epoch_end(self, trainer, pl_module) -> None:
         """Reports inputs left incomplete (none, unless a worker failed)."""
         if self._pages.pending:
@@ -113,8 +148,8 @@ class TranscriptionWriter(Callback):
             print("\n".join(rows), flush=True)
             return
         mode = "a" if self._started else "w"
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, mode, encoding="utf-8") as f:
+        Path(self._target).parent.mkdir(parents=True, exist_ok=True)
+        with open(self._target, mode, encoding="utf-8") as f:
             f.writelines(row + "\n" for row in rows)
         self._started = True
 

@@ -17,6 +17,36 @@ if TYPE_CHECKING:
     import lightning.pytorch as pl
 
 
+def units(text: str, unit: str) -> Sequence[str]:
+    """The whitespace-normalised characters ("char") or words ("word") that CER and WER count."""
+    text = normalize_text(text)
+    if unit == "char":
+        return text
+    return text.split(" ") if text else []
+
+
+def line_errors(ids: Sequence[str], references: Sequence[str], hypotheses: Sequence) -> list[dict]:
+    """One record per evaluated line, for error analysis: ``{"id", "reference", "text",
+    "confidence", "char_errors", "chars", "word_errors", "words"}``, counted as
+    :class:`ErrorRate` counts them, so a split's ``char_errors`` sum over its ``chars`` is its
+    CER.
+
+    >>> from htr_lightning.decoding.greedy import Hypothesis
+    >>> line_errors(["a"], ["the cat"], [Hypothesis("the bat", 0.9)])[0]["char_errors"]
+    1
+    """
+    records = []
+    for line_id, ref, hyp in zip(ids, references, hypotheses):
+        ref_chars, ref_words = units(ref, "char"), units(ref, "word")
+        records.append({"id": line_id, "reference": ref, "text": hyp.text,
+                        "confidence": hyp.confidence,
+                        "char_errors": editdistance.eval(units(hyp.text, "char"), ref_chars),
+                        "chars": len(ref_chars),
+                        "word_errors": editdistance.eval(units(hyp.text, "word"), ref_words),
+                        "words": len(ref_words)})
+    return records
+
+
 class ErrorRate(Metric):
     """Total edit distance / total reference length, over every line seen since ``reset``.
 
@@ -45,10 +75,7 @@ class ErrorRate(Metric):
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def _units(self, text: str) -> Sequence[str]:
-        text = normalize_text(text)
-        if self.unit == "char":
-            return text
-        return text.split(" ") if text else []
+        return units(text, self.unit)
 
     def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
         """Adds a batch of predicted and reference lines."""

@@ -14,17 +14,31 @@ pytestmark = pytest.mark.usefixtures("cli_argv")
 def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     ckpt_dir = tmp_path / "ckpt"
     main(["fit", *tiny_cli_args(tmp_path), "--trainer.max_steps=4", "--trainer.val_check_interval=2",
-          "--trainer.precision=bf16-mixed"])
+          "--trainer.precision=bf16-mixed", f"--output.path={tmp_path / 'fit_lines.jsonl'}"])
+    assert not (tmp_path / "fit_lines.jsonl").exists()  # fit's validation writes no lines
     last = ckpt_dir / "last.ckpt"
     best = list(ckpt_dir.glob("best-*.ckpt"))
     assert last.is_file() and best, sorted(ckpt_dir.iterdir())
     hparams = torch.load(last, weights_only=True)["hyper_parameters"]
     assert hparams["height"] == 32 and hparams["channels"] == [4, 8, 8, 8, 8]
 
-    val = main(["validate", *tiny_cli_args(tmp_path), f"--ckpt_path={last}"])
+    val = main(["validate", *tiny_cli_args(tmp_path), f"--ckpt_path={last}",
+                f"--output.path={tmp_path / 'val.txt'}"])
     assert set(val.trainer.callback_metrics) >= {"val_cer", "val_wer", "val_loss"}
-    test = main(["test", *tiny_cli_args(tmp_path), f"--ckpt_path={best[0]}"])
+    assert len((tmp_path / "val.txt").read_text().splitlines()) == 8
+    lines = tmp_path / "test_lines.jsonl"
+    test = main(["test", *tiny_cli_args(tmp_path), f"--ckpt_path={best[0]}",
+                 f"--output.path={lines}", "--output.format=jsonl"])
     assert 0.0 <= float(test.trainer.callback_metrics["test_cer"]) <= 10.0
+    # one record per test line, whose error counts add up to the logged figures
+    records = [json.loads(row) for row in lines.read_text().splitlines()]
+    assert len(records) == 8 and len({r["id"] for r in records}) == 8
+    assert all(r["reference"] and 0.0 <= r["confidence"] <= 1.0 for r in records)
+    metrics = test.trainer.callback_metrics
+    assert sum(r["char_errors"] for r in records) / sum(r["chars"] for r in records) == pytest.approx(
+        float(metrics["test_cer"]), abs=1e-6)
+    assert sum(r["word_errors"] for r in records) / sum(r["words"] for r in records) == pytest.approx(
+        float(metrics["test_wer"]), abs=1e-6)
     assert test.model.decoder.name == "greedy"
     beam = main(["test", *tiny_cli_args(tmp_path), f"--ckpt_path={best[0]}",
                  '--decoder={"name": "beam", "beam_size": 2}'])
@@ -70,3 +84,15 @@ def test_early_stopping_on_val_cer_and_no_validation_still_trains(tmp_path):
     unvalidated = main(["fit", *tiny_cli_args(tmp_path / "b"), "--trainer.max_steps=2",
                         "--trainer.limit_val_batches=0"])
     assert unvalidated.trainer.global_step == 2
+
+
+def test_each_process_writes_its_own_line_file(tmp_path):
+    from types import SimpleNamespace
+
+    from htr_lightning.cli import TranscriptionWriter
+
+    writer = TranscriptionWriter(str(tmp_path / "lines.jsonl"), format="jsonl")
+    writer.setup(SimpleNamespace(world_size=2, global_rank=1), None, "test")
+    testing = SimpleNamespace(state=SimpleNamespace(fn="test"))
+    writer.on_test_batch_end(testing, None, [{"id": "a", "text": "x"}], None, 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["lines.jsonl.rank1"]

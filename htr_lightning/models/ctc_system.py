@@ -16,7 +16,7 @@ from htr_lightning.checkpoints import load_checkpoint_file
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis, build_decoder
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
-from htr_lightning.metrics import split_metrics, update_split_metrics
+from htr_lightning.metrics import line_errors, split_metrics, update_split_metrics
 from htr_lightning.models.base import HTRSystem
 from htr_lightning.text import CTCTokenizer
 
@@ -177,16 +177,19 @@ class CTCSystem(HTRSystem):
         update_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
         return hyps
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``); the first
-        batch's first lines are logged as images with their texts (TensorBoard)."""
+        batch's first lines are logged as images with their texts (TensorBoard). Returns each
+        line's :func:`~htr_lightning.metrics.line_errors` record (what ``--output.path``
+        writes)."""
         hyps = self._eval_step(batch, "val")
         if batch_idx == 0 and self.global_rank == 0:
             self._log_examples(batch, hyps)
+        return line_errors(batch["ids"], batch["texts"], hyps)
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """As validation, logged as ``test_cer`` / ``test_wer``."""
-        self._eval_step(batch, "test")
+        return line_errors(batch["ids"], batch["texts"], self._eval_step(batch, "test"))
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line. Batches of

@@ -48,7 +48,7 @@ from transformers import (
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
-from htr_lightning.metrics import split_metrics, update_split_metrics
+from htr_lightning.metrics import line_errors, split_metrics, update_split_metrics
 from htr_lightning.models.base import HTRSystem
 
 log = logging.getLogger("htr_lightning.models")
@@ -561,22 +561,25 @@ class TrOCRSystem(HTRSystem):
                         "transcriptions are cut (e.g. %s); raise model.max_new_tokens",
                         len(long), limit, long[0])
 
-    def _eval_step(self, batch: dict, stage: str) -> None:
+    def _eval_step(self, batch: dict, stage: str) -> list[dict]:
         if not batch["texts"]:
-            return
+            return []
         pixels = self.pixel_values(batch["images"], batch["widths"])
         labels = self.encode_labels(batch["texts"], batch["ids"])
         self._report_cut(labels, batch["ids"])
         loss = self(pixels, labels.to(self.device)).loss if bool((labels != -100).any()) else None
-        update_split_metrics(self, stage, loss, [h.text for h in self.generate(pixels)], batch["texts"])
+        hyps = self.generate(pixels)
+        update_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
+        return line_errors(batch["ids"], batch["texts"], hyps)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        """Loss, generation and CER/WER accumulation (``val_cer``, ``val_wer``)."""
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        """Loss, generation and CER/WER accumulation (``val_cer``, ``val_wer``); returns each
+        line's :func:`~htr_lightning.metrics.line_errors` record."""
+        return self._eval_step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """As validation, logged as ``test_cer`` / ``test_wer``."""
-        self._eval_step(batch, "test")
+        return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line, with each line's
