@@ -88,8 +88,13 @@ def page_for_image(result: dict, image_path: str | Path) -> ET.ElementTree:
     return ET.ElementTree(root)
 
 
+def _namespace_of(element: ET.Element) -> str:
+    """``{uri}`` of the element's tag (what a new sibling or child needs), or ""."""
+    return element.tag[: element.tag.index("}") + 1] if element.tag.startswith("{") else ""
+
+
 def _set_page_line(element: ET.Element, text: str, confidence: float | None) -> None:
-    ns = element.tag[: element.tag.index("}") + 1] if element.tag.startswith("{") else ""
+    ns = _namespace_of(element)
     children = list(element)
     old = [i for i, child in enumerate(children) if _local(child.tag) == "TextEquiv"]
     if old:
@@ -111,7 +116,7 @@ def _set_page_line(element: ET.Element, text: str, confidence: float | None) -> 
 
 
 def _set_alto_line(element: ET.Element, text: str, confidence: float | None) -> None:
-    ns = element.tag[: element.tag.index("}") + 1] if element.tag.startswith("{") else ""
+    ns = _namespace_of(element)
     content = [child for child in element if _local(child.tag) in ("String", "SP", "HYP")]
     position = list(element).index(content[0]) if content else len(element)
     for child in content:
@@ -181,7 +186,7 @@ def _update_regions(document: ET.Element, updated: set[ET.Element]) -> None:
         for child in list(equivs[0]):
             equivs[0].remove(child)
         equivs[0].attrib.pop("conf", None)
-        ns = region.tag[: region.tag.index("}") + 1] if region.tag.startswith("{") else ""
+        ns = _namespace_of(region)
         ET.SubElement(equivs[0], f"{ns}Unicode").text = "\n".join(texts)
 
 
