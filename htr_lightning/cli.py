@@ -204,10 +204,15 @@ class HTRLightningCLI(LightningCLI):
         config: ``htr-lightning predict --ckpt_path model.ckpt --data.predict_paths scans/``.
         (LightningCLI requires ``--model`` before it reads the checkpoint; anything the
         command line or a config gives comes after and is parsed as before.)"""
-        argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
-        if argv is not None:
-            argv = _with_checkpoint_model(argv)
-        super().parse_arguments(parser, argv if argv is not None else args)
+        if args is None or isinstance(args, list):
+            argv = list(sys.argv[1:] if args is None else args)
+            named = _with_checkpoint_model(argv)
+            if named != argv:
+                # Parsed here as LightningCLI parses a list, since LightningCLI warns when it is
+                # given a list while sys.argv also holds arguments (the command line's case).
+                self.config = parser.parse_args(named)
+                return
+        super().parse_arguments(parser, args)
 
     def before_instantiate_classes(self) -> None:
         """Remembers the run's ``--decoder`` before the classes are built."""

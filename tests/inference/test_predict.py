@@ -122,9 +122,8 @@ def test_predict_cli_over_pages_lines_and_broken_files(tmp_path, monkeypatch, ti
                       np.mean([x["confidence"] for x in rows["page.jpg"]["lines"]]))
 
 
-def test_predict_needs_only_the_checkpoint(tmp_path, monkeypatch, tiny_teacher_kwargs):
+def test_predict_needs_only_the_checkpoint(tmp_path, monkeypatch, tiny_teacher_kwargs, recwarn):
     """No config, no dataset: the class, charset and input height come from the checkpoint."""
-    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
     charset = "adeinorst "  # not the synthetic alphabet that the data would default to
     torch.manual_seed(1)
     model = TeacherSystem(charset=charset, **tiny_teacher_kwargs)  # height 32, not the default 64
@@ -132,9 +131,13 @@ def test_predict_needs_only_the_checkpoint(tmp_path, monkeypatch, tiny_teacher_k
     image = tmp_path / "line.png"
     SyntheticLines(1, split="val", seed=3)[0].load().save(image)
     out = tmp_path / "out.jsonl"
-    cli = cli_main(["predict", f"--ckpt_path={ckpt}", f"--data.predict_paths=[{image}]",
-                    f"--output.path={out}", "--output.format=jsonl", "--trainer.logger=false",
-                    "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    # as typed on the command line (sys.argv, no args)
+    monkeypatch.setattr(sys, "argv", [
+        "htr-lightning", "predict", f"--ckpt_path={ckpt}", f"--data.predict_paths=[{image}]",
+        f"--output.path={out}", "--output.format=jsonl", "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    cli = cli_main()
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
     assert type(cli.model) is TeacherSystem
     assert cli.model.hparams.charset == cli.datamodule.charset == charset
     assert cli.model.hparams.height == cli.datamodule.height == 32
