@@ -31,7 +31,7 @@ from pathlib import Path
 
 from htr_lightning.data.readers.common import SPLITS
 from htr_lightning.data.readers.folder import _folder_scan
-from htr_lightning.data.readers.pagexml import _parse_page
+from htr_lightning.data.readers.pagexml import _parse_page, page_folders
 from htr_lightning.data.samples import SkipReport
 
 
@@ -60,7 +60,7 @@ def deal(groups: Mapping[str, int], val: float, test: float, seed: int = 0) -> d
     needed = 1 + sum(1 for f in wanted.values() if f > 0)
     if len(groups) < needed:
         raise ValueError(f"{len(groups)} group(s) cannot fill {needed} splits; "
-                         "split by smaller groups (--group line) or add data")
+                         "split by smaller groups (a finer --group_by, or none) or add data")
     names = sorted(groups)
     random.Random(seed).shuffle(names)
     total = sum(groups.values())
@@ -82,7 +82,7 @@ def pagexml_groups(root: Path, report: SkipReport) -> dict[str, int]:
     find under ``root`` (its ``pages/``, ``page/`` or the root; the first folder holding an id
     wins, as in the reader)."""
     found: dict[str, Path] = {}
-    for folder in (root / "pages", root / "page", root):
+    for folder in page_folders(root):
         for xml in sorted(folder.glob("*.xml")) if folder.is_dir() else []:
             found.setdefault(xml.stem, xml)
     groups = {}

@@ -20,7 +20,7 @@ from htr_lightning.data.readers.pagexml import read_page_file
 from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
 from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding.greedy import Hypothesis
-from htr_lightning.inference.segment import looks_like_page, split_lines
+from htr_lightning.inference.segment import box_corners, looks_like_page, split_lines
 
 log = logging.getLogger("htr_lightning.inference")
 
@@ -98,8 +98,7 @@ def source_lines(source: str | Path | Image.Image, segment: str = "auto",
         image = LineSample(id=name, text="", path=str(path)).load()
     if segment == "none" or (segment == "auto" and not looks_like_page(image)):
         box = (0, 0, image.width, image.height)
-        corners = ((0, 0), (image.width, 0), (image.width, image.height), (0, image.height))
-        return [SourceLine(name, 0, 1, image, box, corners)]
+        return [SourceLine(name, 0, 1, image, box, box_corners(box))]
     crops = split_lines(image)
     return [SourceLine(name, i, len(crops), c.image, c.box, c.polygon)
             for i, c in enumerate(crops)]
@@ -169,7 +168,9 @@ def prediction_records(batch: dict, hyps: Sequence[Hypothesis]) -> list[dict]:
     return records + [dict(meta, id=meta["source"]) for meta in batch.get("empty", [])]
 
 
-_LINE_KEYS = ("text", "confidence", "box", "polygon", "line_id")
+LINE_KEYS = ("text", "confidence", "box", "polygon", "line_id")
+"""The keys of each line in a :class:`PageAssembler` result (the attributes of a
+:class:`LineTranscription`)."""
 
 
 class PageAssembler:
@@ -196,7 +197,7 @@ class PageAssembler:
         got.sort(key=lambda x: x["index"])
         return {"id": line["source"], "text": "\n".join(x["text"] for x in got),
                 "confidence": sum(x["confidence"] for x in got) / len(got),
-                "lines": [{key: x.get(key) for key in _LINE_KEYS} for x in got]}
+                "lines": [{key: x.get(key) for key in LINE_KEYS} for x in got]}
 
     @property
     def pending(self) -> list[str]:

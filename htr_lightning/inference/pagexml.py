@@ -27,6 +27,8 @@ from PIL import Image
 from htr_lightning.data.readers.common import _local, _parse_xml
 from htr_lightning.data.readers.pagexml import _text_lines
 from htr_lightning.data.samples import SkipReport
+from htr_lightning.inference.pages import LINE_KEYS
+from htr_lightning.inference.segment import box_corners
 
 log = logging.getLogger("htr_lightning.inference")
 
@@ -78,8 +80,8 @@ def page_for_image(result: dict, image_path: str | Path) -> ET.ElementTree:
         xs = [x for line in lines for x, _ in line["polygon"]]
         ys = [y for line in lines for _, y in line["polygon"]]
         region = ET.SubElement(page, f"{ns}TextRegion", id="r1")
-        ET.SubElement(region, f"{ns}Coords", points=_points(
-            [(min(xs), min(ys)), (max(xs), min(ys)), (max(xs), max(ys)), (min(xs), max(ys))]))
+        ET.SubElement(region, f"{ns}Coords",
+                      points=_points(box_corners((min(xs), min(ys), max(xs), max(ys)))))
         for number, line in enumerate(lines, 1):
             element = ET.SubElement(region, f"{ns}TextLine", id=f"r1l{number}")
             ET.SubElement(element, f"{ns}Coords", points=_points(line["polygon"]))
@@ -205,8 +207,7 @@ def write_transcription(transcription, source: str | Path, out_dir: str | Path) 
     """
     result = {"id": str(source), "text": transcription.text,
               "confidence": transcription.confidence,
-              "lines": [{"text": line.text, "confidence": line.confidence, "box": line.box,
-                         "polygon": line.polygon, "line_id": line.line_id}
+              "lines": [{key: getattr(line, key) for key in LINE_KEYS}
                         for line in transcription.lines]}
     if not result["lines"]:
         result["error"] = "no text line found"

@@ -69,9 +69,10 @@ def unrotate(points: list[tuple[float, float]], angle: float, size: tuple[int, i
     return tuple(out)
 
 
-def _corners(box: tuple[int, int, int, int]) -> list[tuple[float, float]]:
+def box_corners(box: tuple[int, int, int, int]) -> tuple[tuple[int, int], ...]:
+    """(left, top, right, bottom) as its corners: top left, top right, bottom right, bottom left."""
     left, top, right, bottom = box
-    return [(left, top), (right, top), (right, bottom), (left, bottom)]
+    return ((left, top), (right, top), (right, bottom), (left, bottom))
 
 
 def otsu_threshold(gray: np.ndarray) -> int:
@@ -311,7 +312,7 @@ def split_lines(image: Image.Image, max_angle: float = 5.0, pad: float = 0.3,
     lines, amounts = _without_edge_fragments(lines, amounts, ink.shape[0])
     if len(lines) <= 1:
         whole = (0, 0, gray.width, gray.height)
-        return [LineCrop(gray, whole, 0.0, tuple(_corners(whole)))] if lines else []
+        return [LineCrop(gray, whole, 0.0, box_corners(whole))] if lines else []
     page = gray.rotate(angle, Image.Resampling.BILINEAR, expand=True, fillcolor=255) if angle else gray
     floor = min_ink * float(np.median(amounts))
     heights = [bottom - top for top, bottom in lines]
@@ -327,7 +328,8 @@ def split_lines(image: Image.Image, max_angle: float = 5.0, pad: float = 0.3,
         box = (max(0, int((left - margin) / scale)), max(0, int((top - margin) / scale)),
                min(page.width, math.ceil((right + margin) / scale)),
                min(page.height, math.ceil((bottom + margin) / scale)))
-        polygon = (unrotate(_corners(box), angle, gray.size, page.size) if angle
-                   else tuple(_corners(box)))
+        polygon = box_corners(box)
+        if angle:
+            polygon = unrotate(polygon, angle, gray.size, page.size)
         crops.append(LineCrop(page.crop(box), box, angle, polygon))
     return crops

@@ -3,7 +3,7 @@ import logging
 import pytest
 import torch
 from PIL import Image
-from trocr_helpers import IMAGE_SIZE, datamodule, make_tiny_trocr, trainer
+from trocr_helpers import IMAGE_SIZE, datamodule, first_batch, make_tiny_trocr, trainer
 from transformers import TrOCRProcessor, VisionEncoderDecoderModel
 
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
@@ -28,12 +28,6 @@ def _changed(before, model) -> set[str]:
 
 def _trained(model) -> set[str]:
     return {n for n, p in model.model.named_parameters() if p.requires_grad}
-
-
-def _batch(root):
-    dm = datamodule(root)
-    dm.setup("validate")
-    return next(iter(dm.val_dataloader()))
 
 
 def _logits(model, batch):
@@ -74,7 +68,7 @@ def test_lora_trains_and_saves_exactly_the_adapters(pretrained_trocr, tmp_path):
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert set(state) == {f"model.{n}" for n in trained}
 
-    batch = _batch(pretrained_trocr.root)
+    batch = first_batch(pretrained_trocr.root)
     expected = _logits(model, batch)
     for loaded in (TrOCRSystem.load_from_checkpoint(ckpt), load_system(ckpt)):
         assert type(loaded) is TrOCRSystem and loaded.hparams.lora == {"r": 2} and loaded.hparams.freeze_encoder
@@ -105,7 +99,7 @@ def test_last_layers_train_and_are_saved_alone(pretrained_trocr, tmp_path):
     ckpt = _fit_and_save(model, pretrained_trocr.root, tmp_path)
     assert _changed(before, model) == expected
     assert set(torch.load(ckpt, weights_only=True)["state_dict"]) == {f"model.{n}" for n in expected}
-    batch = _batch(pretrained_trocr.root)
+    batch = first_batch(pretrained_trocr.root)
     torch.testing.assert_close(_logits(load_system(ckpt), batch), _logits(model, batch))
 
 
@@ -128,7 +122,7 @@ def test_checkpoint_loads_alone_and_refuses_another_base(pretrained_trocr, tmp_p
     make_tiny_trocr.save_tiny_trocr(base, SYNTHETIC_CHARSET, IMAGE_SIZE)
     model = _system(base, freeze_encoder=True)
     ckpt = _fit_and_save(model, pretrained_trocr.root, tmp_path, steps=1)
-    batch = _batch(pretrained_trocr.root)
+    batch = first_batch(pretrained_trocr.root)
     torch.testing.assert_close(_logits(TrOCRSystem.load_from_checkpoint(ckpt), batch), _logits(model, batch))
     # the checkpoint holds only the decoder; a different encoder at `pretrained` is refused
     make_tiny_trocr.save_tiny_trocr(base, SYNTHETIC_CHARSET, IMAGE_SIZE, seed=1)
@@ -190,7 +184,7 @@ def test_beam_search_predict_and_transcribe(pretrained_trocr, tmp_path):
     model = _system(pretrained_trocr.dir).eval()
     model.set_decoder({"name": "beam", "beam_size": 3})
     assert model.hparams.num_beams == 3 and model.model.generation_config.num_beams == 3
-    batch = _batch(pretrained_trocr.root)
+    batch = first_batch(pretrained_trocr.root)
     rows = model.predict_step(batch, 0)
     assert [r["text"] for r in rows] == batch["texts"]
     assert all(0.5 < r["confidence"] <= 1.0 for r in rows)
@@ -204,7 +198,7 @@ def test_beam_search_predict_and_transcribe(pretrained_trocr, tmp_path):
 
 def test_a_line_reads_the_same_alone_or_padded_in_a_batch(pretrained_trocr):
     model = _system(pretrained_trocr.dir).eval()
-    batch = _batch(pretrained_trocr.root)
+    batch = first_batch(pretrained_trocr.root)
     together = model.pixel_values(batch["images"], batch["widths"])
     hyps = model.generate(together)
     for i, width in enumerate(batch["widths"].tolist()):

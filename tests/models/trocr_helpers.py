@@ -79,7 +79,7 @@ def pretrain(directory: Path, root: Path, steps: int = 400, lr: float = 3e-3) ->
     files = sorted((root / "lines").glob("*.png"))
     texts = [f.with_suffix(".txt").read_text(encoding="utf-8") for f in files]
     pixels = processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt").pixel_values
-    batch = _first_batch(root)
+    batch = first_batch(root)
     system = TrOCRSystem(str(directory), charset=SYNTHETIC_CHARSET, height=IMAGE_SIZE[0],
                          max_new_tokens=48)
     ours = system.pixel_values(batch["images"], batch["widths"])
@@ -107,7 +107,8 @@ def pretrain(directory: Path, root: Path, steps: int = 400, lr: float = 3e-3) ->
     return step
 
 
-def _first_batch(root: Path) -> dict:
+def first_batch(root: Path) -> dict:
+    """The first val batch of :func:`datamodule` (all six lines)."""
     dm = datamodule(root)
     dm.setup("validate")
     return next(iter(dm.val_dataloader()))

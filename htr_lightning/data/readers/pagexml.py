@@ -241,6 +241,11 @@ def _parse_alto(
     return _Page(page_id, xml_path, image, lines, declared)
 
 
+def page_folders(root: Path) -> tuple[Path, Path, Path]:
+    """Where a page id's XML is looked for, first match wins: ``pages/``, ``page/``, the root."""
+    return (root / "pages", root / "page", root)
+
+
 def read_pagexml(
     root: str | Path,
     split: str,
@@ -313,7 +318,7 @@ def read_pagexml(
     )
     with _ReportScope(report, f"pagexml {split}") as rep:
         pages = []
-        folders = (root / "pages", root / "page", root)
+        folders = page_folders(root)
         for page_id in sorted(page_ids):
             candidates = [folder / f"{page_id}.xml" for folder in folders]
             xml_path = next((c for c in candidates if c.is_file()), None)
