@@ -61,6 +61,15 @@ class ErrorRate(Metric):
     >>> cer.update(["abd", "x" * 100], ["abc", "x" * 100])
     >>> round(float(cer.compute()), 4)
     0.0097
+
+    ``update`` also takes :func:`line_errors` records alone, and adds the counts they already
+    hold, so an evaluation step aligns each line once for both its record and the metric:
+
+    >>> from htr_lightning.decoding.greedy import Hypothesis
+    >>> cer = ErrorRate("char")
+    >>> cer.update(line_errors(["a"], ["abc"], [Hypothesis("abd", 0.5)]))
+    >>> round(float(cer.compute()), 4)
+    0.3333
     """
 
     full_state_update = False
@@ -77,15 +86,21 @@ class ErrorRate(Metric):
     def _units(self, text: str) -> Sequence[str]:
         return units(text, self.unit)
 
-    def update(self, preds: Sequence[str], targets: Sequence[str]) -> None:
-        """Adds a batch of predicted and reference lines."""
-        if len(preds) != len(targets):
-            raise ValueError(f"{len(preds)} predictions for {len(targets)} references")
-        errors = total = 0
-        for p, t in zip(preds, targets):
-            ref = self._units(t)
-            errors += editdistance.eval(self._units(p), ref)
-            total += len(ref)
+    def update(self, preds: Sequence[str] | Sequence[dict],
+               targets: Sequence[str] | None = None) -> None:
+        """Adds a batch of predicted and reference lines, or (``targets`` left out) a batch of
+        :func:`line_errors` records."""
+        if targets is None:
+            errors = sum(r[f"{self.unit}_errors"] for r in preds)
+            total = sum(r[f"{self.unit}s"] for r in preds)
+        else:
+            if len(preds) != len(targets):
+                raise ValueError(f"{len(preds)} predictions for {len(targets)} references")
+            errors = total = 0
+            for p, t in zip(preds, targets):
+                ref = self._units(t)
+                errors += editdistance.eval(self._units(p), ref)
+                total += len(ref)
         self.errors += errors
         self.total += total
 
@@ -120,7 +135,7 @@ def split_metrics(stages: Sequence[str] = ("val", "test")) -> nn.ModuleDict:
 
 
 def update_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Tensor | None,
-                         preds: Sequence[str], texts: Sequence[str]) -> None:
+                         records: Sequence[dict]) -> None:
     """Adds one evaluation batch to ``module.metrics`` (made by :func:`split_metrics`).
     Nothing here communicates, so processes may run different numbers of batches;
     :func:`log_split_metrics` reports the totals at the end of the split.
@@ -129,13 +144,13 @@ def update_split_metrics(module: pl.LightningModule, stage: str, loss: torch.Ten
         module: The LightningModule evaluating.
         stage: "val" or "test".
         loss: The batch's mean loss, or None when no line of the batch has one.
-        preds: Predicted lines.
-        texts: Reference lines, as many as ``preds``.
+        records: The batch's :func:`line_errors` records, one per line; their counts are
+            added, so the logged CER/WER are exactly the records' sums.
     """
     if loss is not None:
-        module.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(texts))
-    for unit in ("cer", "wer"):
-        module.metrics[f"{stage}_{unit}"].update(preds, texts)
+        module.metrics[f"{stage}_loss"].update(loss.detach(), weight=len(records))
+    for name in ("cer", "wer"):
+        module.metrics[f"{stage}_{name}"].update(records)
 
 
 def reset_split_metrics(module: pl.LightningModule, stage: str) -> None:

@@ -2,7 +2,8 @@ import math
 import pytest
 import torch
 
-from htr_lightning.metrics import ErrorRate
+from htr_lightning.decoding.greedy import Hypothesis
+from htr_lightning.metrics import ErrorRate, line_errors
 
 
 def test_cer_is_accumulated_over_the_split_not_averaged_over_batches():
@@ -17,6 +18,22 @@ def test_wer_counts_word_edits_and_normalises_spaces():
     wer = ErrorRate("word")
     wer.update(["the  cat sat", ""], ["the cat  sat on", "mat"])
     assert float(wer.compute()) == pytest.approx(2 / 5)
+
+
+def test_records_give_the_same_rates_as_the_texts():
+    """Evaluation steps feed the metrics their line_errors records (one alignment per line);
+    the rates must be those of the texts themselves."""
+    refs = ["the cat  sat", "Front capt.", "", "a b c d"]
+    preds = ["the bat sat on", "Frontcaptt", "x y", "a b c d"]
+    records = line_errors([str(i) for i in range(4)], refs, [Hypothesis(p, 1.0) for p in preds])
+    for unit in ("char", "word"):
+        from_texts, from_records = ErrorRate(unit), ErrorRate(unit)
+        from_texts.update(preds, refs)
+        from_records.update(records[:2])
+        from_records.update(records[2:])
+        assert int(from_records.errors) == int(from_texts.errors) > 0
+        assert int(from_records.total) == int(from_texts.total) > 0
+        assert float(from_records.compute()) == float(from_texts.compute())
 
 
 def test_reset_and_empty():

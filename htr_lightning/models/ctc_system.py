@@ -157,39 +157,39 @@ class CTCSystem(HTRSystem):
     examples_logged = 4
     """Validation lines shown in TensorBoard (image, reference, prediction) at each validation."""
 
-    def _log_examples(self, batch: dict, hyps: list[Hypothesis]) -> None:
+    def _log_examples(self, batch: dict, records: list[dict]) -> None:
         experiment = getattr(self.logger, "experiment", None)
         if not hasattr(experiment, "add_image") or self.trainer.sanity_checking:
             return
-        for i in range(min(self.examples_logged, len(hyps))):
+        for i in range(min(self.examples_logged, len(records))):
             width = int(batch["widths"][i])
             image = 1.0 - batch["images"][i, :, :, :width].float().clamp(0, 1)  # dark ink
             experiment.add_image(f"val_examples/{i}", image.cpu(), self.global_step)
             experiment.add_text(f"val_examples/{i}", f"reference: `{batch['texts'][i]}`  \n"
-                                f"prediction: `{hyps[i].text}`", self.global_step)
+                                f"prediction: `{records[i]['text']}`", self.global_step)
 
-    def _eval_step(self, batch: dict, stage: str) -> list[Hypothesis]:
+    def _eval_step(self, batch: dict, stage: str) -> list[dict]:
         if not batch["texts"]:
             return []
         log_probs, lengths = self(batch["images"], batch["widths"])
         loss = self.ctc_loss(log_probs, lengths, batch["texts"], batch["ids"])
-        hyps = self.decode(log_probs, lengths)
-        update_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
-        return hyps
+        records = line_errors(batch["ids"], batch["texts"], self.decode(log_probs, lengths))
+        update_split_metrics(self, stage, loss, records)
+        return records
 
     def validation_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Loss, decoding and CER/WER accumulation (``val_cer``, ``val_wer``); the first
         batch's first lines are logged as images with their texts (TensorBoard). Returns each
         line's :func:`~htr_lightning.metrics.line_errors` record (what ``--output.path``
         writes)."""
-        hyps = self._eval_step(batch, "val")
+        records = self._eval_step(batch, "val")
         if batch_idx == 0 and self.global_rank == 0:
-            self._log_examples(batch, hyps)
-        return line_errors(batch["ids"], batch["texts"], hyps)
+            self._log_examples(batch, records)
+        return records
 
     def test_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """As validation, logged as ``test_cer`` / ``test_wer``."""
-        return line_errors(batch["ids"], batch["texts"], self._eval_step(batch, "test"))
+        return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Transcriptions: one ``{"id", "text", "confidence"}`` dict per line. Batches of

@@ -568,9 +568,9 @@ class TrOCRSystem(HTRSystem):
         labels = self.encode_labels(batch["texts"], batch["ids"])
         self._report_cut(labels, batch["ids"])
         loss = self(pixels, labels.to(self.device)).loss if bool((labels != -100).any()) else None
-        hyps = self.generate(pixels)
-        update_split_metrics(self, stage, loss, [h.text for h in hyps], batch["texts"])
-        return line_errors(batch["ids"], batch["texts"], hyps)
+        records = line_errors(batch["ids"], batch["texts"], self.generate(pixels))
+        update_split_metrics(self, stage, loss, records)
+        return records
 
     def validation_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """Loss, generation and CER/WER accumulation (``val_cer``, ``val_wer``); returns each
