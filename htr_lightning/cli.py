@@ -68,7 +68,7 @@ class TranscriptionWriter(Callback):
         self._started = False
         self._pages = PageAssembler()
         self._written: set[Path] = set()
-        self._warned_lines = False
+        self._warned_split = False
         self._target = path
 
     def _rows(self, result: dict) -> list[str]:
@@ -98,8 +98,12 @@ class TranscriptionWriter(Callback):
             self._write(rows)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """Gives each process its own file when there are several (they would truncate and
-        interleave one another's rows)."""
+        """Refuses, before any work, a PAGE-XML output for ``validate``/``test`` (their lines
+        have references and error counts, not pages); gives each process its own file when
+        there are several (they would truncate and interleave one another's rows)."""
+        if self.format == "pagexml" and self.path is not None and stage in ("validate", "test"):
+            raise ValueError(f"{stage}: output format pagexml is for predict; write the "
+                             "split's lines with --output.format jsonl (or txt)")
         if self.path is not None and trainer.world_size > 1:
             self._target = f"{self.path}.rank{trainer.global_rank}"
 
@@ -107,11 +111,6 @@ class TranscriptionWriter(Callback):
         if self.path is None or not outputs or trainer.state.fn not in (
                 TrainerFn.VALIDATING, TrainerFn.TESTING):
             return  # the validation inside fit, or no file asked for
-        if self.format == "pagexml":
-            if not self._warned_lines:
-                log.warning("output format pagexml is for predict; validate/test write jsonl or txt")
-                self._warned_lines = True
-            return
         self._write([json.dumps(r, ensure_ascii=False) if self.format == "jsonl"
                      else f"{r['id']}\t{r['text']}" for r in outputs])
 
@@ -133,10 +132,10 @@ class TranscriptionWriter(Callback):
 
     def _write_page(self, result: dict) -> None:
         if "lines" not in result:  # lines of a dataset split: no page to write them into
-            if not self._warned_lines:
+            if not self._warned_split:
                 log.warning("output format pagexml writes the pages of --data.predict_paths; "
                             "lines of a dataset split (%s, ...) are not written", result["id"])
-                self._warned_lines = True
+                self._warned_split = True
             return
         try:
             write_result(result, self.path, self._written)

@@ -2,6 +2,7 @@
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,6 +172,25 @@ def test_pagexml_output_needs_a_folder(tmp_path):
         TranscriptionWriter(str(tmp_path / "file.xml"), format="pagexml")
     with pytest.raises(ValueError, match="txt, jsonl, pagexml"):
         TranscriptionWriter(format="alto")
+
+
+def test_pagexml_output_is_refused_for_evaluation_and_skips_a_split_s_lines(tmp_path, caplog):
+    """validate/test lines have references, not pages: refused before any work. predict on a
+    dataset split (no pages either) warns once and writes nothing."""
+    out = tmp_path / "out"
+    writer = TranscriptionWriter(str(out), format="pagexml")
+    trainer = SimpleNamespace(world_size=1, global_rank=0)
+    for stage in ("validate", "test"):
+        with pytest.raises(ValueError, match=f"{stage}: output format pagexml is for predict"):
+            writer.setup(trainer, None, stage)
+    writer.setup(trainer, None, "fit")  # fit's validation writes nothing anyway
+    writer.setup(trainer, None, "predict")
+    for batch in range(2):
+        lines = [{"id": f"{batch}-{i}", "text": "x", "confidence": 1.0} for i in range(2)]
+        writer.on_predict_batch_end(trainer, None, lines, None, batch)
+    assert caplog.text.count("are not written") == 1
+    assert "lines of a dataset split (0-0, ...) are not written" in caplog.text
+    assert not out.exists()
 
 
 @pytest.mark.usefixtures("cli_argv")
