@@ -213,10 +213,13 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        """Saves after each validation (after the best-checkpoint callback, where that one
-        saves at validation end: Lightning runs checkpoint callbacks last, in the order they
-        were given), even when a step or time save already wrote this step."""
-        self._save(trainer, force=True)
+        """Saves after each validation within an epoch (after the best-checkpoint callback,
+        where that one saves at validation end: Lightning runs checkpoint callbacks last, in
+        the order they were given), even when a step or time save already wrote this step.
+        A validation after the epoch's last batch is left to ``on_train_epoch_end``, which
+        follows at once: one write of the file per epoch, not two."""
+        if not trainer.is_last_batch:
+            self._save(trainer, force=True)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         """Saves again at the end of each epoch: with one validation per epoch, Lightning's

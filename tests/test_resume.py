@@ -152,3 +152,31 @@ def test_last_ckpt_holds_the_validation_that_ran_after_a_step_save(tmp_path, mon
     (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint")]
     assert state["best_model_score"] is not None
     assert float(state["best_model_score"]) == pytest.approx(float(best_score))
+
+
+@pytest.mark.parametrize("val_check_interval, saves_per_epoch", [(1.0, 1), (0.5, 2)])
+def test_last_ckpt_is_written_once_per_validation(tmp_path, monkeypatch, val_check_interval,
+                                                   saves_per_epoch):
+    """Once per epoch when validation runs at the epoch's end (the epoch-end save follows it
+    at once); a validation within the epoch gets its own save."""
+    import lightning.pytorch as pl
+
+    writes = []
+    save = pl.Trainer.save_checkpoint
+
+    def counting_save(trainer, filepath, *args, **kwargs):
+        writes.append((Path(filepath).name, trainer.global_step))
+        return save(trainer, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(pl.Trainer, "save_checkpoint", counting_save)
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+    cli_main(["fit", "--config", str(_config(tmp_path, throttle=0.0)),
+              "--trainer.max_epochs", "2", "--trainer.callbacks", "[]",
+              f"--trainer.val_check_interval={val_check_interval}",
+              "--last.every_n_train_steps=0"])
+    last = [step for name, step in writes if name == "last.ckpt"]
+    half = STEPS_PER_EPOCH // 2
+    expected = {1: [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH],
+                2: [half, STEPS_PER_EPOCH, STEPS_PER_EPOCH + half, 2 * STEPS_PER_EPOCH]}
+    assert last == expected[saves_per_epoch]
+    assert _step(tmp_path / "ckpt" / "last.ckpt") == 2 * STEPS_PER_EPOCH
