@@ -110,15 +110,12 @@ class HTRDataModule(pl.LightningDataModule):
         if dataset != "synthetic" and dataset not in READERS:
             known = ", ".join(["synthetic", *READERS])
             raise ValueError(f"unknown dataset {dataset!r}; choose one of: {known}")
-        if dataset != "synthetic":
-            if root is None:
-                raise ValueError(f"dataset {dataset!r} needs data.root (the dataset folder)")
-            if not Path(root).expanduser().is_dir():
-                raise FileNotFoundError(f"dataset root {root!r} does not exist or is not a folder")
-        # The resolved charset is logged with the model; a None here would clash with it.
-        self.save_hyperparameters(ignore=["charset"])
         self.dataset = dataset
         self.root = root
+        if predict_paths is None:  # predicting on given files does not read the dataset
+            self._check_root()
+        # The resolved charset is logged with the model; a None here would clash with it.
+        self.save_hyperparameters(ignore=["charset"])
         self.splits = dict(splits or {})
         self.reader_options = dict(reader_options or {})
         self._charset = charset
@@ -138,6 +135,14 @@ class HTRDataModule(pl.LightningDataModule):
         self.segment = segment
         self._samples: dict[str, Sequence[LineSample]] = {}
 
+    def _check_root(self) -> None:
+        if self.dataset == "synthetic":
+            return
+        if self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs data.root (the dataset folder)")
+        if not Path(self.root).expanduser().is_dir():
+            raise FileNotFoundError(f"dataset root {self.root!r} does not exist or is not a folder")
+
     # ----------------------------------------------------------------------------- samples
     def samples(self, split: str) -> Sequence[LineSample]:
         """The lines of one split, read once and kept.
@@ -154,6 +159,7 @@ class HTRDataModule(pl.LightningDataModule):
                 self._samples[split] = SyntheticLines(self.synthetic_size[split], split=split,
                                                       seed=self.seed, **self.reader_options)
             else:
+                self._check_root()
                 report = SkipReport(f"{self.dataset} {split}")
                 self._samples[split] = READERS[self.dataset](
                     self.root, split, self.splits.get(split), report=report, **self.reader_options)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -44,6 +46,18 @@ def test_synthetic_is_the_default_and_its_charset_is_fixed():
 def test_bad_configuration_fails_at_start(kwargs, error, match):
     with pytest.raises(error, match=match):
         HTRDataModule(**kwargs)
+
+
+def test_predicting_on_given_files_does_not_need_the_dataset(tmp_path):
+    """A training config (whose root is on another machine) serves predict on scans as it
+    is; only reading a split asks for the root."""
+    Image.new("L", (60, 20), 255).save(tmp_path / "scan.png")
+    dm = HTRDataModule(dataset="pagexml", root="/no/such/dir", charset="abc",
+                       predict_paths=[str(tmp_path)])
+    dm.setup("predict")
+    assert [Path(s.path).name for s in dm.samples("predict")] == ["scan.png"]
+    with pytest.raises(FileNotFoundError, match="/no/such/dir"):
+        dm.setup("test")
 
 
 def test_missing_split_folder_fails_at_setup_naming_it(tmp_path):
