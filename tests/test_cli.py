@@ -5,13 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
+from htr_lightning.analysis import main as analysis_main
 from htr_lightning.cli import cli_main as main
 from tiny_systems import SYNTHETIC_TEACHER_CONFIG, tiny_cli_args
 
 pytestmark = pytest.mark.usefixtures("cli_argv")
 
 
-def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
+def test_fit_then_validate_test_predict_from_checkpoint(tmp_path, capsys):
     ckpt_dir = tmp_path / "ckpt"
     main(["fit", *tiny_cli_args(tmp_path), "--trainer.max_steps=4", "--trainer.val_check_interval=2",
           "--trainer.precision=bf16-mixed", f"--output.path={tmp_path / 'fit_lines.jsonl'}"])
@@ -40,6 +41,12 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     assert sum(r["word_errors"] for r in records) / sum(r["words"] for r in records) == pytest.approx(
         float(metrics["test_wer"]), abs=1e-6)
     assert test.model.decoder.name == "greedy"
+    # the error analysis reads the same file: its rates are the logged ones
+    capsys.readouterr()  # Lightning's results table
+    analysis_main([str(lines), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["rates"]["cer"] == pytest.approx(float(metrics["test_cer"]), abs=1e-6)
+    assert sum(report["edits"].values()) == sum(r["char_errors"] for r in records)
     beam = main(["test", *tiny_cli_args(tmp_path), f"--ckpt_path={best[0]}",
                  '--decoder={"name": "beam", "beam_size": 2}'])
     assert beam.model.decoder.config()["beam_size"] == 2
@@ -55,6 +62,8 @@ def test_fit_then_validate_test_predict_from_checkpoint(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [Path(r["id"]).name for r in rows] == ["line0.png", "line1.png", "line2.png"]
     assert all(isinstance(r["text"], str) and 0.0 <= r["confidence"] <= 1.0 for r in rows)
+    with pytest.raises(SystemExit, match=f"{out}, line 1: no reference.*not predict's"):
+        analysis_main([str(out)])
 
 
 def test_wrong_dataset_root_fails_at_start_naming_the_path(tmp_path):
