@@ -8,9 +8,9 @@ writes one :func:`~htr_lightning.metrics.line_errors` record per line; then
 prints:
 
 - the split's CER and WER (the records' sums, equal to the logged ``test_cer``/``test_wer``);
-- the most frequent character confusions: substitutions ``'e' -> 'c'``, deletions (a reference
-  character the model left out) and insertions (one it added), from a minimal alignment of each
-  line, so they add up to the character errors;
+- the most frequent character edits of each kind: substitutions ``'e' -> 'c'``, deletions (a
+  reference character the model left out) and insertions (one it added), from a minimal
+  alignment of each line, so that all edits add up to the character errors;
 - proof-reading by confidence: the share of all character errors that lie in the least
   confident 5 %, 10 %, 20 %, 30 % and 50 % of the lines, which tells an archivist how many lines
   to check by hand for how much of the damage;
@@ -117,19 +117,26 @@ def triage(records: Sequence[dict], fractions: Sequence[float] = TRIAGE_FRACTION
     return rows
 
 
+EDIT_KINDS = {"substitutions": lambda ref, hyp: bool(ref and hyp),
+              "deletions": lambda ref, hyp: not hyp, "insertions": lambda ref, hyp: not ref}
+
+
 def analyse(records: Sequence[dict], top: int = 15) -> dict:
-    """Everything the command prints, as one JSON-ready dict: ``rates``, ``confusions``
-    (``top`` most frequent, ``{"reference", "predicted", "count"}``), ``triage`` and
-    ``worst_lines`` (``top`` records with the most character errors)."""
+    """Everything the command prints, as one JSON-ready dict: ``rates``, ``edits`` (the
+    number of substitutions, deletions and insertions), ``confusions`` (for each of those
+    kinds its ``top`` most frequent edits, ``{"reference", "predicted", "count"}``, with
+    ``""`` for a missing side), ``triage`` and ``worst_lines`` (the ``top`` records with the
+    most character errors)."""
     pairs = confusions(records)
     worst = sorted(records, key=lambda r: -r["char_errors"])[:top]
+    kinds = {kind: Counter({p: n for p, n in pairs.items() if is_kind(*p)})
+             for kind, is_kind in EDIT_KINDS.items()}
     return {
         "rates": error_rates(records),
-        "confusions": [{"reference": ref, "predicted": hyp, "count": n}
-                       for (ref, hyp), n in pairs.most_common(top)],
-        "edits": {"substitutions": sum(n for (r, h), n in pairs.items() if r and h),
-                  "deletions": sum(n for (r, h), n in pairs.items() if not h),
-                  "insertions": sum(n for (r, h), n in pairs.items() if not r)},
+        "edits": {kind: sum(counts.values()) for kind, counts in kinds.items()},
+        "confusions": {kind: [{"reference": ref, "predicted": hyp, "count": n}
+                              for (ref, hyp), n in counts.most_common(top)]
+                       for kind, counts in kinds.items()},
         "triage": triage(records),
         "worst_lines": [{k: r[k] for k in ("id", "reference", "text", "confidence",
                                             "char_errors", "chars")} for r in worst],
@@ -142,12 +149,16 @@ def format_report(result: dict) -> str:
     lines = [f"{rates['lines']} lines, {rates['chars']} characters, {rates['words']} words: "
              f"CER {100 * rates['cer']:.2f} %, WER {100 * rates['wer']:.2f} %",
              f"character edits: {edits['substitutions']} substitutions, "
-             f"{edits['deletions']} deletions, {edits['insertions']} insertions", "",
-             "most frequent confusions (reference -> predicted):"]
-    for row in result["confusions"]:
-        ref = repr(row["reference"]) if row["reference"] else "(inserted)"
-        hyp = repr(row["predicted"]) if row["predicted"] else "(left out)"
-        lines.append(f"  {row['count']:6d}  {ref} -> {hyp}")
+             f"{edits['deletions']} deletions, {edits['insertions']} insertions"]
+    titles = {"substitutions": "read wrongly (reference -> predicted)",
+              "deletions": "left out", "insertions": "added"}
+    for kind, title in titles.items():
+        lines += ["", f"most often {title}:"]
+        for row in result["confusions"][kind]:
+            if kind == "substitutions":
+                lines.append(f"  {row['count']:6d}  {row['reference']!r} -> {row['predicted']!r}")
+            else:
+                lines.append(f"  {row['count']:6d}  {row['reference'] or row['predicted']!r}")
     lines += ["", "proof-reading the least confident lines first:"]
     for row in result["triage"]:
         lines.append(f"  {100 * row['fraction']:4.0f} % of the lines ({row['lines']}): "

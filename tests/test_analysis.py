@@ -39,7 +39,10 @@ def test_report_rates_equal_the_records_sums_and_the_worst_line_comes_first():
     assert result["rates"]["wer"] == pytest.approx((1 + 2 + 1) / 11)
     assert result["edits"] == {"substitutions": 1, "deletions": 1, "insertions": 3}
     assert [r["id"] for r in result["worst_lines"]] == ["l1", "l2"]
-    assert len(result["confusions"]) == 2
+    assert result["confusions"]["substitutions"] == [
+        {"reference": "a", "predicted": "o", "count": 1}]
+    assert [row["predicted"] for row in result["confusions"]["insertions"]] == ["t", " "]
+    assert result["confusions"]["deletions"] == [{"reference": " ", "predicted": "", "count": 1}]
 
 
 def test_command_prints_the_report_and_names_bad_files(tmp_path, capsys):
@@ -48,7 +51,9 @@ def test_command_prints_the_report_and_names_bad_files(tmp_path, capsys):
     main([str(path), "--top", "3"])
     out = capsys.readouterr().out
     assert "4 lines, " in out and "CER " in out
-    assert "'a' -> 'o'" in out and "(inserted) -> 't'" in out and "' ' -> (left out)" in out
+    assert "'a' -> 'o'" in out
+    assert "most often added:\n       1  't'\n       1  ' '\n       1  'd'\n" in out
+    assert "most often left out:\n       1  ' '\n" in out
     assert "reference:  Front capt." in out
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(_records()[0]) + "\n{oops\n")
