@@ -7,7 +7,8 @@ writes one :func:`~htr_lightning.metrics.line_errors` record per line; then
 
 prints:
 
-- the split's CER and WER (the records' sums, equal to the logged ``test_cer``/``test_wer``);
+- the split's CER and WER (the records' sums, equal to the logged ``test_cer``/``test_wer``),
+  and the CER ignoring case, punctuation, or both;
 - the most frequent character edits of each kind: substitutions ``'e' -> 'c'``, deletions (a
   reference character the model left out) and insertions (one it added), from a minimal
   alignment of each line, so that all edits add up to the character errors;
@@ -25,10 +26,12 @@ import argparse
 import json
 import math
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import editdistance
 from rapidfuzz.distance import Levenshtein
 
 from htr_lightning.metrics import units
@@ -73,6 +76,36 @@ def error_rates(records: Sequence[dict]) -> dict[str, float]:
     return {"cer": sum(r["char_errors"] for r in records) / max(chars, 1),
             "wer": sum(r["word_errors"] for r in records) / max(words, 1),
             "lines": len(records), "chars": chars, "words": words}
+
+
+def _no_punctuation(text: str) -> str:
+    return "".join(c for c in text if not unicodedata.category(c).startswith("P"))
+
+
+# CER under the relaxed comparisons papers also report; each applied to both sides before
+# the usual whitespace normalisation.
+CER_VARIANTS = {"ignoring case": str.casefold,
+                "ignoring punctuation": _no_punctuation,
+                "ignoring case and punctuation": lambda text: _no_punctuation(text).casefold()}
+
+
+def cer_variants(records: Sequence[dict]) -> dict[str, float]:
+    """The CER with case, punctuation, or both left out of the comparison: how much of the
+    error is capitals and punctuation, which some transcription guidelines do not care about.
+
+    >>> rates = cer_variants([{"reference": "Kew, 3 May.", "text": "kew 3 May"}])
+    >>> {name: round(rate, 3) for name, rate in rates.items()}
+    {'ignoring case': 0.182, 'ignoring punctuation': 0.111, 'ignoring case and punctuation': 0.0}
+    """
+    rates = {}
+    for name, relax in CER_VARIANTS.items():
+        errors = total = 0
+        for record in records:
+            ref = units(relax(record["reference"]), "char")
+            errors += editdistance.eval(units(relax(record["text"]), "char"), ref)
+            total += len(ref)
+        rates[name] = errors / max(total, 1)
+    return rates
 
 
 def confusions(records: Sequence[dict]) -> Counter:
@@ -122,7 +155,8 @@ EDIT_KINDS = {"substitutions": lambda ref, hyp: bool(ref and hyp),
 
 
 def analyse(records: Sequence[dict], top: int = 15) -> dict:
-    """Everything the command prints, as one JSON-ready dict: ``rates``, ``edits`` (the
+    """Everything the command prints, as one JSON-ready dict: ``rates``, ``cer_variants``
+    (:func:`cer_variants`), ``edits`` (the
     number of substitutions, deletions and insertions), ``confusions`` (for each of those
     kinds its ``top`` most frequent edits, ``{"reference", "predicted", "count"}``, with
     ``""`` for a missing side), ``triage`` and ``worst_lines`` (the ``top`` records with the
@@ -133,6 +167,7 @@ def analyse(records: Sequence[dict], top: int = 15) -> dict:
              for kind, is_kind in EDIT_KINDS.items()}
     return {
         "rates": error_rates(records),
+        "cer_variants": cer_variants(records),
         "edits": {kind: sum(counts.values()) for kind, counts in kinds.items()},
         "confusions": {kind: [{"reference": ref, "predicted": hyp, "count": n}
                               for (ref, hyp), n in counts.most_common(top)]
@@ -148,6 +183,8 @@ def format_report(result: dict) -> str:
     rates, edits = result["rates"], result["edits"]
     lines = [f"{rates['lines']} lines, {rates['chars']} characters, {rates['words']} words: "
              f"CER {100 * rates['cer']:.2f} %, WER {100 * rates['wer']:.2f} %",
+             "CER " + ", ".join(f"{100 * v:.2f} % {name}"
+                                for name, v in result["cer_variants"].items()),
              f"character edits: {edits['substitutions']} substitutions, "
              f"{edits['deletions']} deletions, {edits['insertions']} insertions"]
     titles = {"substitutions": "read wrongly (reference -> predicted)",

@@ -37,6 +37,12 @@ def test_report_rates_equal_the_records_sums_and_the_worst_line_comes_first():
     chars = sum(r["chars"] for r in _records())
     assert result["rates"]["cer"] == pytest.approx(5 / chars)
     assert result["rates"]["wer"] == pytest.approx((1 + 2 + 1) / 11)
+    # "Front capt." -> "Frontcaptt.": the '.' is no error, so ignoring punctuation changes
+    # nothing but the length; no line differs in case alone
+    no_punct_chars = chars - 1
+    assert result["cer_variants"] == pytest.approx({
+        "ignoring case": 5 / chars, "ignoring punctuation": 5 / no_punct_chars,
+        "ignoring case and punctuation": 5 / no_punct_chars})
     assert result["edits"] == {"substitutions": 1, "deletions": 1, "insertions": 3}
     assert [r["id"] for r in result["worst_lines"]] == ["l1", "l2"]
     assert result["confusions"]["substitutions"] == [
