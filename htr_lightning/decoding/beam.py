@@ -17,6 +17,7 @@ import torch
 from htr_lightning.decoding.greedy import Hypothesis
 from htr_lightning.decoding.ngram import EOS, CharNgramLM
 from htr_lightning.text.charset import BLANK, CTCTokenizer
+from htr_lightning.text.normalize import normalize_text
 
 NEG_INF = -math.inf
 
@@ -228,7 +229,7 @@ class BeamSearchDecoder:
         for b in range(array.shape[0]):
             n = int(lengths[b])
             best = self.rerank(self.search(array[b, :n], tokenizer.charset))
-            out.append(Hypothesis(best.text, math.exp(best.ctc / n) if n else 0.0))
+            out.append(Hypothesis(normalize_text(best.text), math.exp(best.ctc / n) if n else 0.0))
         return out
 
     def rerank(self, entries: list[BeamEntry]) -> BeamEntry:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from htr_lightning.text.charset import BLANK, CTCTokenizer
+from htr_lightning.text.normalize import normalize_text
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,9 @@ class Hypothesis:
     """A decoded line.
 
     Attributes:
-        text: The transcription.
+        text: The transcription, whitespace-normalised as references are
+            (:func:`~htr_lightning.text.normalize_text`): CTC often emits a space before or
+            after the line, or two between words, and no reader wants them.
         confidence: In [0, 1]; for greedy, the geometric mean of the best path's frame
             probabilities.
     """
@@ -57,5 +60,5 @@ class GreedyDecoder:
             keep[1:] = seq[1:] != seq[:-1]
             keep &= seq != BLANK
             conf = float(best[b, :n].mean().exp()) if n else 0.0
-            out.append(Hypothesis(tokenizer.decode(seq[keep].tolist()), conf))
+            out.append(Hypothesis(normalize_text(tokenizer.decode(seq[keep].tolist())), conf))
         return out

@@ -49,6 +49,7 @@ from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
 from htr_lightning.metrics import line_errors, split_metrics, update_split_metrics
+from htr_lightning.text.normalize import normalize_text
 from htr_lightning.models.base import HTRSystem
 
 log = logging.getLogger("htr_lightning.models")
@@ -507,7 +508,8 @@ class TrOCRSystem(HTRSystem):
             pixel_values: (B, C, h, w) from :meth:`pixel_values`.
 
         Returns:
-            B hypotheses: text decoded without special tokens; confidence = exp(mean log
+            B hypotheses: text decoded without special tokens and whitespace-normalised
+            (BPE tokenizers often start a line with a space); confidence = exp(mean log
             probability of the generated tokens, ``</s>`` included).
         """
         out = self.model.generate(pixel_values=pixel_values,
@@ -522,7 +524,7 @@ class TrOCRSystem(HTRSystem):
             eos = (seqs[:, -step.shape[1]:] == self.tokens.eos_token_id).long()
             keep = ((eos.cumsum(1) - eos) == 0).float()  # tokens up to and including the first </s>
             conf = ((step.float() * keep).sum(1) / keep.sum(1).clamp(min=1)).exp()
-        return [Hypothesis(text, float(c)) for text, c in zip(texts, conf.tolist())]
+        return [Hypothesis(normalize_text(text), float(c)) for text, c in zip(texts, conf.tolist())]
 
     def set_decoder(self, decoder: str | dict) -> None:
         """Changes generation of a trained model (saved with the next checkpoint).

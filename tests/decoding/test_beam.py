@@ -31,6 +31,19 @@ def test_beam_one_equals_greedy(seed):
     assert [h.text for h in beam] == [h.text for h in greedy]
 
 
+@pytest.mark.parametrize("decoder", [GreedyDecoder(), BeamSearchDecoder(beam_size=4)])
+def test_stray_spaces_are_not_transcribed(decoder):
+    """CTC often emits a space at either end of a line or two between words; the output is
+    whitespace-normalised like the references."""
+    tok = CTCTokenizer(" ab")
+    path = [1, 2, 1, 0, 1, 3, 1]  # " a", blank, " b " -> " a  b "
+    log_probs = torch.full((1, len(path), 4), 0.01).index_put_(
+        (torch.zeros(len(path), dtype=torch.long), torch.arange(len(path)), torch.tensor(path)),
+        torch.tensor(0.97)).log()
+    (hyp,) = decoder(log_probs, torch.tensor([len(path)]), tok)
+    assert hyp.text == "a b"
+
+
 def _text_log_probs(log_probs, charset):
     """log P(text | frames) of every text, by summing the probability of all its alignments."""
     totals = {}
