@@ -31,10 +31,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import editdistance
 from rapidfuzz.distance import Levenshtein
 
-from htr_lightning.metrics import units
+from htr_lightning.metrics import ErrorRate, units
 
 RECORD_KEYS = ("id", "reference", "text", "confidence", "char_errors", "chars", "word_errors",
                "words")
@@ -99,12 +98,9 @@ def cer_variants(records: Sequence[dict]) -> dict[str, float]:
     """
     rates = {}
     for name, relax in CER_VARIANTS.items():
-        errors = total = 0
-        for record in records:
-            ref = units(relax(record["reference"]), "char")
-            errors += editdistance.eval(units(relax(record["text"]), "char"), ref)
-            total += len(ref)
-        rates[name] = errors / max(total, 1)
+        cer = ErrorRate("char")
+        cer.update([relax(r["text"]) for r in records], [relax(r["reference"]) for r in records])
+        rates[name] = float(cer.compute())
     return rates
 
 

@@ -83,9 +83,6 @@ class ErrorRate(Metric):
         self.add_state("errors", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    def _units(self, text: str) -> Sequence[str]:
-        return units(text, self.unit)
-
     def update(self, preds: Sequence[str] | Sequence[dict],
                targets: Sequence[str] | None = None) -> None:
         """Adds a batch of predicted and reference lines, or (``targets`` left out) a batch of
@@ -98,8 +95,8 @@ class ErrorRate(Metric):
                 raise ValueError(f"{len(preds)} predictions for {len(targets)} references")
             errors = total = 0
             for p, t in zip(preds, targets):
-                ref = self._units(t)
-                errors += editdistance.eval(self._units(p), ref)
+                ref = units(t, self.unit)
+                errors += editdistance.eval(units(p, self.unit), ref)
                 total += len(ref)
         self.errors += errors
         self.total += total

@@ -49,8 +49,8 @@ from htr_lightning.data.transforms import LinePreprocessor
 from htr_lightning.decoding import Hypothesis
 from htr_lightning.inference.pages import Transcription, prediction_records, transcribe_sources
 from htr_lightning.metrics import line_errors, split_metrics, update_split_metrics
-from htr_lightning.text.normalize import normalize_text
 from htr_lightning.models.base import HTRSystem
+from htr_lightning.text.normalize import normalize_text
 
 log = logging.getLogger("htr_lightning.models")
 
