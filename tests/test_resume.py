@@ -2,6 +2,7 @@
 ``--ckpt_path last``, finishes its plan with the optimizer and scheduler carried over."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,60 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
     assert expected[resumed_from] != pytest.approx(expected[0])  # a restart would be visible
     assert len(list(ckpt_dir.glob("best-*.ckpt"))) == 1
     _check_every_checkpoint_loads(ckpt_dir)
+
+
+def _batches(path: Path) -> dict[int, list[str]]:
+    """Step -> line ids of the batch trained at that step (the latest record of a step wins)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {row["step"]: row["ids"] for row in rows}
+
+
+def _record_run(tmp_path: Path, name: str, *extra: str) -> Path:
+    record = tmp_path / f"{name}.jsonl"
+    callbacks = [{"class_path": "tiny_systems.RecordBatches", "init_args": {"path": str(record)}}]
+    crash = [a.split("=", 1)[1] for a in extra if a.startswith("crash=")]
+    if crash:
+        callbacks.append({"class_path": "tiny_systems.CrashAt", "init_args": {"step": int(crash[0])}})
+    args = ["fit", "--config", str(_config(tmp_path, throttle=0.0)),
+            "--trainer.callbacks", json.dumps(callbacks),
+            "--checkpoint.dirpath", str(tmp_path / name), "--last.every_n_train_steps=1",
+            "--data.synthetic_size", json.dumps({"train": RAGGED_LINES, "val": 4, "test": 4}),
+            *(a for a in extra if not a.startswith("crash="))]
+    cli_main(args)
+    return record
+
+
+RAGGED_LINES = TRAIN_LINES - 2  # the last batch of each epoch is short
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict[int, list[str]]:
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", ["htr-lightning"])
+        return _batches(_record_run(tmp, "whole"))
+
+
+@pytest.mark.parametrize("crash_at", [STEPS_PER_EPOCH + 2, STEPS_PER_EPOCH + 1],
+                         ids=["mid_epoch", "epoch_end"])
+def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, monkeypatch, recwarn,
+                                                                    uninterrupted, crash_at):
+    """Killed after the save of step ``crash_at - 1`` (mid-epoch, or the epoch-end save), then
+    resumed from that last.ckpt, with DataLoader workers fetching ahead: from the step after
+    it, the run trains the same lines in the same batches as the run that was never
+    interrupted (which had no workers), short last batch included, to the planned end."""
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+    assert len(uninterrupted) == STEPS_PER_EPOCH * EPOCHS
+    assert [len(uninterrupted[s]) for s in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)] == [2, 2]
+    with pytest.raises(RuntimeError, match=f"crash at step {crash_at}"):
+        _record_run(tmp_path, "run", f"crash={crash_at}", "--data.num_workers", "1")
+    last = tmp_path / "run" / "last.ckpt"
+    assert _step(last) == crash_at - 1
+    resumed = _batches(_record_run(tmp_path, "resumed", "--data.num_workers", "1",
+                                   "--checkpoint.dirpath", str(tmp_path / "run"), "--ckpt_path", str(last)))
+    assert sorted(resumed) == list(range(crash_at, STEPS_PER_EPOCH * EPOCHS + 1))
+    assert resumed == {s: uninterrupted[s] for s in resumed}
+    assert not [w for w in recwarn if "not resumable" in str(w.message)]
 
 
 def test_last_ckpt_holds_the_validation_that_ran_after_a_step_save(tmp_path, monkeypatch):

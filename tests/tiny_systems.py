@@ -64,3 +64,30 @@ class Throttle(lightning.pytorch.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class RecordBatches(lightning.pytorch.Callback):
+    """Appends ``{"rank", "step", "ids"}`` of every training batch to a JSON-lines file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import json
+
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"rank": trainer.global_rank, "step": trainer.global_step,
+                                "ids": batch["ids"]}) + "\n")
+
+
+class CrashAt(lightning.pytorch.Callback):
+    """Raises after the training step that reaches ``step`` (before the checkpoint callbacks,
+    which Lightning runs last, can save it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        trainer = args[0]
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"crash at step {self.step}")

@@ -4,12 +4,12 @@
 use the shared preprocessing and collate without importing Lightning.
 """
 
-from htr_lightning.data.batching import LineDataset, WidthBucketSampler, collate_lines
+from htr_lightning.data.batching import LineDataset, ResumableLoader, WidthBucketSampler, collate_lines
 from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
 from htr_lightning.data.transforms import LineAugment, LinePreprocessor
 
 __all__ = ["BadSampleError", "HTRDataModule", "LineAugment", "LineDataset", "LinePreprocessor",
-           "LineSample", "SkipReport", "WidthBucketSampler", "collate_lines"]
+           "LineSample", "ResumableLoader", "SkipReport", "WidthBucketSampler", "collate_lines"]
 
 
 def __getattr__(name: str):

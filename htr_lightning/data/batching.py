@@ -1,4 +1,5 @@
-"""Dataset over line samples, padding-aware collate and the width-bucketing sampler.
+"""Dataset over line samples, padding-aware collate, the width-bucketing sampler and the
+resumable training loader.
 
 The batch contract (what every model in this package consumes, and what a user's own
 DataModule must yield to train our models)::
@@ -14,11 +15,12 @@ DataModule must yield to train our models)::
 from __future__ import annotations
 
 import logging
+import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from htr_lightning.data.samples import BadSampleError, LineSample
 from htr_lightning.data.transforms import LineAugment, LinePreprocessor
@@ -93,35 +95,47 @@ def collate_lines(items: list[dict | None], pad_to: int = WIDTH_MULTIPLE) -> dic
     }
 
 
-class WidthBucketSampler(Sampler[int]):
+class WidthBucketSampler(DistributedSampler):
     """Shuffles, then sorts within pools of ``pool × batch_size`` lines so batches hold lines
     of similar width and padding stays small; the batch order is shuffled again.
 
     Transcription length stands in for image width: it is known without decoding any image
-    and is close to proportional to the width of a handwritten line.
+    and is close to proportional to the width of a handwritten line. With ``pool=1`` the
+    batches are plain random ones (each sorted inside, which changes nothing).
+
+    The one short batch (when the split does not divide by ``batch_size``) comes last: the
+    DataLoader cuts this sampler's index stream into ``batch_size`` pieces, so a short batch
+    in the middle would shift every later batch across two buckets.
+
+    Under DDP (``num_replicas`` > 1) every process draws the same shuffled batch list and
+    takes every ``num_replicas``-th batch, so the batches stay bucketed; the list is padded
+    with its first batches until it divides evenly, so all processes run the same number of
+    steps. It is a ``DistributedSampler`` so that Lightning keeps it as it is: Lightning
+    wraps any other training sampler in a ``DistributedSampler`` of its own, whose second
+    shuffle would undo the bucketing.
+
+    :meth:`resume` starts the next pass part-way through an epoch, for a run resumed from a
+    mid-epoch checkpoint (see :class:`ResumableLoader`).
 
     Args:
         lengths: Text length of each line of the split.
         batch_size: The loader's batch size.
         pool: Batches per sorting pool (larger: less padding, less randomness).
         seed: Base seed; the epoch is added, so every epoch differs but runs repeat.
+        num_replicas: Processes sharing the split.
+        rank: This process's index among them.
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, pool: int = 50, seed: int = 0) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, pool: int = 50, seed: int = 0,
+                 num_replicas: int = 1, rank: int = 0) -> None:
         self.lengths = list(lengths)
+        super().__init__(self.lengths, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.batch_size = batch_size
         self.pool = pool
-        self.seed = seed
-        self.epoch = 0
+        self._skip = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning's loops at each epoch start."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
+    def batches(self) -> list[list[int]]:
+        """This process's batches of the current epoch (``set_epoch``), in order."""
         rng = random.Random(self.seed + self.epoch)
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
@@ -131,4 +145,59 @@ class WidthBucketSampler(Sampler[int]):
             chunk = sorted(order[start : start + size], key=self.lengths.__getitem__)
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter([i for b in batches for i in b])
+        batches.sort(key=lambda b: len(b) < self.batch_size)  # stable: the short batch last
+        per_process = math.ceil(len(batches) / self.num_replicas)
+        padded = [batches[i % len(batches)] for i in range(per_process * self.num_replicas)]
+        return padded[self.rank :: self.num_replicas]
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Makes the next pass go on from a checkpoint's position: batch ``batches_done`` of
+        ``epoch``, or the start of the next epoch when that one was finished.
+
+        The epoch is set here, not left to Lightning's ``set_epoch`` at the epoch's start:
+        DataLoader workers start drawing indices as soon as the loader's iterator exists,
+        which on a resume is before that call.
+        """
+        if batches_done >= len(self.batches()):
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._skip = batches_done
+
+    def __len__(self) -> int:
+        return sum(map(len, self.batches()))
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self._skip = self._skip, 0
+        return iter([i for b in self.batches()[skip:] for i in b])
+
+
+class ResumableLoader(DataLoader):
+    """The training DataLoader, with the position Lightning saves in every checkpoint.
+
+    Lightning stores ``state_dict()`` with the trainer state and hands it back through
+    ``load_state_dict`` when a fit resumes (``--ckpt_path``). Resumed from a mid-epoch
+    ``last.ckpt``, the run then trains the rest of that epoch exactly as the uninterrupted
+    run would have: the same shuffled order, from the batch after the last one trained.
+    Without it, Lightning restarts the epoch's iterator, so the first batches of that epoch
+    are trained twice and its last ones not at all.
+
+    The position is the trainer's count of batches trained in the epoch, not the batches
+    this loader has handed out: Lightning and the workers fetch ahead of training.
+
+    Args:
+        batches_done: Returns the number of batches trained so far in the current epoch.
+        *args, **kwargs: Those of ``DataLoader``; ``sampler`` must be a
+            :class:`WidthBucketSampler`.
+    """
+
+    def __init__(self, *args, batches_done: Callable[[], int], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.sampler, WidthBucketSampler):
+            raise TypeError(f"ResumableLoader needs a WidthBucketSampler, not {type(self.sampler).__name__}")
+        self.batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.batches_done())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.resume(state["epoch"], state["batches_done"])

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
-from htr_lightning.data.batching import LineDataset, WidthBucketSampler, collate_lines
+from htr_lightning.data.batching import LineDataset, ResumableLoader, WidthBucketSampler, collate_lines
 from htr_lightning.data.readers import IMAGE_SUFFIXES, READERS, SPLITS
 from htr_lightning.data.samples import LineSample, SkipReport
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
@@ -76,7 +76,9 @@ class HTRDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory (useful on GPU).
         augment: Apply :class:`LineAugment` to training lines.
-        bucket_by_width: Group training lines of similar length into batches.
+        bucket_by_width: Group training lines of similar length into batches (also under
+            DDP); off, batches are random. Either way the order is seeded by ``seed`` and the
+            epoch, and a run resumed mid-epoch goes on with it (:class:`ResumableLoader`).
         synthetic_size: Lines per split for the synthetic dataset.
         seed: Seed of the synthetic text and of bucketing.
         predict_paths: Files, folders or glob patterns for ``predict``: images (PNG, JPEG,
@@ -134,6 +136,8 @@ class HTRDataModule(pl.LightningDataModule):
             raise ValueError(f"segment must be one of {SEGMENT_MODES}, not {segment!r}")
         self.segment = segment
         self._samples: dict[str, Sequence[LineSample]] = {}
+        self._train_loader: ResumableLoader | None = None
+        self._resume_at: dict[str, int] | None = None  # a checkpoint's training position
 
     def _check_root(self) -> None:
         if self.dataset == "synthetic":
@@ -207,11 +211,19 @@ class HTRDataModule(pl.LightningDataModule):
         dataset = LineDataset(samples, self.preprocess, augment)
         kwargs = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
                       collate_fn=collate_lines, persistent_workers=self.num_workers > 0)
-        if train and self.bucket_by_width:
-            sampler = WidthBucketSampler([len(s.text) for s in samples], self.batch_size, seed=self.seed)
-            return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, **kwargs)
         if train:
-            return DataLoader(dataset, batch_size=self.batch_size, shuffle=True, **kwargs)
+            # One epoch-seeded sampler either way, so a resumed epoch can repeat the order of
+            # the run it continues (pool 1: plain random batches).
+            sampler = WidthBucketSampler([len(s.text) for s in samples], self.batch_size,
+                                         pool=50 if self.bucket_by_width else 1, seed=self.seed,
+                                         **self._processes())
+            loader = ResumableLoader(dataset, batch_size=self.batch_size, sampler=sampler,
+                                     batches_done=self._batches_trained, **kwargs)
+            if self._resume_at:
+                loader.load_state_dict(self._resume_at)
+                self._resume_at = None
+            self._train_loader = loader
+            return loader
         return DataLoader(dataset, batch_size=self.eval_batch_size,
                           sampler=self._eval_sampler(split, dataset), **kwargs)
 
@@ -232,13 +244,50 @@ class HTRDataModule(pl.LightningDataModule):
             ValueError: when the split has fewer lines than there are processes (a process
                 without a line would log no metric, and the epoch-end sum would hang).
         """
-        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
-        if not kwargs or kwargs["num_replicas"] <= 1:
+        kwargs = self._processes()
+        if kwargs["num_replicas"] <= 1:
             return None
         if 0 < len(dataset) < kwargs["num_replicas"]:
             raise ValueError(f"the {split} split has {len(dataset)} line(s), fewer than the "
                              f"{kwargs['num_replicas']} processes evaluating it; use fewer devices")
         return UnrepeatedDistributedSampler(dataset, shuffle=False, **kwargs)
+
+    def _processes(self) -> dict[str, int]:
+        """``num_replicas`` and ``rank`` of this process under the trainer's strategy (1 and
+        0 without a trainer or on one device)."""
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if not kwargs:
+            return {"num_replicas": 1, "rank": 0}
+        return {"num_replicas": kwargs["num_replicas"], "rank": kwargs["rank"]}
+
+    def _batches_trained(self) -> int:
+        """Batches trained so far in the current epoch (the training loader's position)."""
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def state_dict(self) -> dict[str, int]:
+        """The training loader's position, which Lightning saves in every checkpoint of a fit
+        (empty outside one).
+
+        Lightning also saves it as the loader's own state, but does not hand that back when
+        ``configure_optimizers`` has asked for ``trainer.estimated_stepping_batches`` (as the
+        one-cycle schedule does): that call builds the loader before the checkpoint is read
+        (Lightning issue #20550). The data module's state is read first, so the position
+        travels here too.
+        """
+        if self._train_loader is None or self.trainer is None or self.trainer.state.fn != "fit":
+            return {}
+        return self._train_loader.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Keeps a checkpoint's training position for the next training loader (Lightning
+        calls this before it builds the loader, except under strategies that restore
+        checkpoints after their setup, such as DeepSpeed and FSDP: the loader is running by
+        then, and the interrupted epoch starts over, as it would without this position)."""
+        if self._train_loader is not None:
+            log.warning("the training loader was built before the checkpoint was read; the "
+                        "interrupted epoch starts over from its first batch")
+            return
+        self._resume_at = dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (and bucketed) training lines with augmentation."""

@@ -1,9 +1,12 @@
 import logging
 
+import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from htr_lightning.data import LineDataset, LinePreprocessor, LineSample, WidthBucketSampler, collate_lines
+from htr_lightning.data import (LineDataset, LinePreprocessor, LineSample, ResumableLoader,
+                                WidthBucketSampler, collate_lines)
 
 
 def _samples(tmp_path):
@@ -53,3 +56,68 @@ def test_bucket_sampler_is_a_permutation_with_similar_lengths_per_batch():
     assert list(sampler) != order
     sampler.set_epoch(0)
     assert list(sampler) == order
+
+
+LENGTHS = [(i * 37) % 101 for i in range(403)]  # 50 full batches of 8 and one of 3
+
+
+def _loader_batches(sampler, batch_size=8):
+    """The batches a DataLoader cuts from the sampler's index stream."""
+    loader = DataLoader(range(len(LENGTHS)), batch_size=batch_size, sampler=sampler,
+                        collate_fn=list)
+    return list(loader)
+
+
+def test_the_short_batch_comes_last_so_the_loader_keeps_every_bucket():
+    sampler = WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = sampler.batches()
+        assert [len(b) for b in batches] == [8] * 50 + [3]
+        assert _loader_batches(sampler) == batches
+        assert len(sampler) == len(LENGTHS)
+
+
+def test_processes_share_the_bucketed_batches_evenly():
+    shares = [WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0, num_replicas=3, rank=r)
+              for r in range(3)]
+    single = WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0).batches()
+    per_rank = [s.batches() for s in shares]
+    assert [len(b) for b in per_rank] == [17, 17, 17]  # 51 batches, no padding needed
+    # Every process draws the same order and takes every third batch of it.
+    assert [b for i in range(17) for b in (per_rank[0][i], per_rank[1][i], per_rank[2][i])] == single
+    for share in shares:
+        assert _loader_batches(share) == share.batches()
+    four = [WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0, num_replicas=4, rank=r)
+            for r in range(4)]
+    assert {len(s.batches()) for s in four} == {13}  # 51 batches padded to 52 with the first
+    assert four[3].batches()[-1] == single[0]
+
+
+def test_resume_skips_the_batches_done_once_and_moves_past_a_finished_epoch():
+    sampler = WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0)
+    sampler.set_epoch(4)
+    epoch4 = sampler.batches()
+    sampler.set_epoch(0)
+    sampler.resume(4, 20)
+    assert _loader_batches(sampler) == epoch4[20:]
+    assert _loader_batches(sampler) == epoch4  # the next pass is whole again
+    sampler.resume(4, 51)  # epoch 4 was finished: the next pass is epoch 5 from its start
+    assert sampler.epoch == 5 and _loader_batches(sampler) == sampler.batches()
+    assert sampler.batches() != epoch4
+
+
+def test_the_resumable_loader_reports_the_trained_batches_not_the_fetched_ones():
+    done = iter([3, 7])
+    sampler = WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0)
+    sampler.set_epoch(2)
+    loader = ResumableLoader(range(len(LENGTHS)), batch_size=8, sampler=sampler,
+                             collate_fn=list, batches_done=lambda: next(done))
+    assert loader.state_dict() == {"epoch": 2, "batches_done": 3}
+    state = loader.state_dict()
+    other = ResumableLoader(range(len(LENGTHS)), batch_size=8, collate_fn=list, batches_done=int,
+                            sampler=WidthBucketSampler(LENGTHS, batch_size=8, pool=10, seed=0))
+    other.load_state_dict(state)
+    assert list(other) == sampler.batches()[7:] and len(other) == 51
+    with pytest.raises(TypeError, match="needs a WidthBucketSampler, not SequentialSampler"):
+        ResumableLoader(range(3), batches_done=int)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from htr_lightning.data import HTRDataModule
+from htr_lightning.data import HTRDataModule, ResumableLoader
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
 from htr_lightning.models import TeacherSystem
 
@@ -132,3 +132,32 @@ def test_teacher_trains_on_a_users_own_datamodule(tmp_path, tiny_teacher_kwargs)
     assert torch.isfinite(trainer.callback_metrics["train_loss"])
     assert 0.0 <= float(trainer.callback_metrics["val_cer"]) <= 5.0
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_training_batches_are_bucketed_or_random_and_always_resumable():
+    spreads = {}
+    for bucket in (True, False):
+        dm = HTRDataModule(dataset="synthetic", height=32, batch_size=8, bucket_by_width=bucket,
+                           synthetic_size={"train": 400, "val": 4, "test": 4})
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert isinstance(loader, ResumableLoader)
+        lengths = [len(s.text) for s in dm.samples("train")]
+        batches = loader.sampler.batches()
+        assert sorted(i for b in batches for i in b) == list(range(400))
+        spreads[bucket] = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b)
+                              for b in batches) / len(batches)
+    assert spreads[True] < spreads[False] / 3, spreads
+
+
+def test_a_position_read_after_the_loader_was_built_is_dropped_with_a_warning(caplog):
+    dm = HTRDataModule(dataset="synthetic", height=32, batch_size=8,
+                       synthetic_size={"train": 40, "val": 4, "test": 4})
+    assert dm.state_dict() == {}  # nothing to save outside a fit
+    dm.load_state_dict({"epoch": 3, "batches_done": 2})
+    dm.setup("fit")
+    first = dm.train_dataloader().sampler
+    assert first.epoch == 3 and len(list(first)) == 40 - 2 * 8  # read before the loader: applied
+    dm.load_state_dict({"epoch": 4, "batches_done": 1})
+    assert "starts over from its first batch" in caplog.text
+    assert dm.train_dataloader().sampler.epoch == 0  # not carried to a later loader

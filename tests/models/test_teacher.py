@@ -1,3 +1,4 @@
+import json
 import logging
 import subprocess
 import sys
@@ -5,8 +6,9 @@ import sys
 import lightning.pytorch as pl
 import pytest
 import torch
+from tiny_systems import RecordBatches
 
-from htr_lightning.data import HTRDataModule
+from htr_lightning.data import HTRDataModule, WidthBucketSampler
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
 from htr_lightning.models import TeacherSystem
 from htr_lightning.models.ctc_system import ctc_min_frames
@@ -92,8 +94,19 @@ def test_ddp_spawn_fit_and_validation_cer_equals_single_process(tmp_path, tiny_t
     pl.seed_everything(0)
     dm = HTRDataModule(**tiny_data_kwargs)
     model = TeacherSystem(dm.charset, **tiny_teacher_kwargs)
-    ddp = _trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=2)
+    record = tmp_path / "batches.jsonl"
+    ddp = _trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=2,
+                   callbacks=[RecordBatches(str(record))])
     ddp.fit(model, dm)
+    # Each process trained its own share of the width-bucketed batches (Lightning kept our
+    # sampler instead of wrapping it in a shuffling DistributedSampler of its own).
+    rows = [json.loads(line) for line in record.read_text().splitlines()]
+    dm.setup("fit")
+    lengths = [len(s.text) for s in dm.samples("train")]
+    for rank in (0, 1):
+        share = WidthBucketSampler(lengths, dm.batch_size, seed=dm.seed, num_replicas=2, rank=rank)
+        expected = [[dm.samples("train")[i].id for i in b] for b in share.batches()[:2]]
+        assert [r["ids"] for r in rows if r["rank"] == rank] == expected
     ckpt = tmp_path / "ddp.ckpt"
     ddp.save_checkpoint(ckpt)
     multi = ddp.validate(model, dm, ckpt_path=ckpt, verbose=False)[0]
