@@ -150,6 +150,10 @@ class WidthBucketSampler(DistributedSampler):
         padded = [batches[i % len(batches)] for i in range(per_process * self.num_replicas)]
         return padded[self.rank :: self.num_replicas]
 
+    def position(self, batches_done: int) -> dict[str, int]:
+        """The state a checkpoint keeps: this epoch and the batches trained in it."""
+        return {"epoch": int(self.epoch), "batches_done": int(batches_done)}
+
     def resume(self, epoch: int, batches_done: int) -> None:
         """Makes the next pass go on from a checkpoint's position: batch ``batches_done`` of
         ``epoch``, or the start of the next epoch when that one was finished.
@@ -197,7 +201,7 @@ class ResumableLoader(DataLoader):
         self.batches_done = batches_done
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": int(self.sampler.epoch), "batches_done": int(self.batches_done())}
+        return self.sampler.position(self.batches_done())
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.resume(state["epoch"], state["batches_done"])
+        self.sampler.resume(**state)

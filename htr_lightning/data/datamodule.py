@@ -136,7 +136,8 @@ class HTRDataModule(pl.LightningDataModule):
             raise ValueError(f"segment must be one of {SEGMENT_MODES}, not {segment!r}")
         self.segment = segment
         self._samples: dict[str, Sequence[LineSample]] = {}
-        self._train_loader: ResumableLoader | None = None
+        # The sampler, not the loader: a loader with live workers cannot be pickled (ddp_spawn).
+        self._train_sampler: WidthBucketSampler | None = None
         self._resume_at: dict[str, int] | None = None  # a checkpoint's training position
 
     def _check_root(self) -> None:
@@ -222,7 +223,7 @@ class HTRDataModule(pl.LightningDataModule):
             if self._resume_at:
                 loader.load_state_dict(self._resume_at)
                 self._resume_at = None
-            self._train_loader = loader
+            self._train_sampler = sampler
             return loader
         return DataLoader(dataset, batch_size=self.eval_batch_size,
                           sampler=self._eval_sampler(split, dataset), **kwargs)
@@ -274,16 +275,16 @@ class HTRDataModule(pl.LightningDataModule):
         (Lightning issue #20550). The data module's state is read first, so the position
         travels here too.
         """
-        if self._train_loader is None or self.trainer is None or self.trainer.state.fn != "fit":
+        if self._train_sampler is None or self.trainer is None or self.trainer.state.fn != "fit":
             return {}
-        return self._train_loader.state_dict()
+        return self._train_sampler.position(self._batches_trained())
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Keeps a checkpoint's training position for the next training loader (Lightning
         calls this before it builds the loader, except under strategies that restore
         checkpoints after their setup, such as DeepSpeed and FSDP: the loader is running by
         then, and the interrupted epoch starts over, as it would without this position)."""
-        if self._train_loader is not None:
+        if self._train_sampler is not None:
             log.warning("the training loader was built before the checkpoint was read; the "
                         "interrupted epoch starts over from its first batch")
             return

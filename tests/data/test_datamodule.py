@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -161,3 +162,14 @@ def test_a_position_read_after_the_loader_was_built_is_dropped_with_a_warning(ca
     dm.load_state_dict({"epoch": 4, "batches_done": 1})
     assert "starts over from its first batch" in caplog.text
     assert dm.train_dataloader().sampler.epoch == 0  # not carried to a later loader
+
+
+def test_the_data_module_pickles_after_its_training_loader_ran():
+    """ddp_spawn pickles the data module; a loader with live workers cannot be pickled."""
+    dm = HTRDataModule(dataset="synthetic", height=32, batch_size=4, num_workers=1, augment=False,
+                       synthetic_size={"train": 8, "val": 4, "test": 4})
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    next(iter(loader))
+    copy = pickle.loads(pickle.dumps(dm))
+    assert copy.state_dict() == {} and len(copy.samples("train")) == 8
