@@ -281,7 +281,7 @@ class HTRDataModule(pl.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Keeps a checkpoint's training position for the next training loader (Lightning
-        calls this before it builds the loader, except under strategies that restore
+        calls this before it builds the fit's loader, except under strategies that restore
         checkpoints after their setup, such as DeepSpeed and FSDP: the loader is running by
         then, and the interrupted epoch starts over, as it would without this position)."""
         if self._train_sampler is not None:
@@ -289,6 +289,13 @@ class HTRDataModule(pl.LightningDataModule):
                         "interrupted epoch starts over from its first batch")
             return
         self._resume_at = dict(state_dict)
+
+    def teardown(self, stage: str) -> None:
+        """Forgets the training position at the end of a fit, so that the next fit with this
+        data module (resumed from a checkpoint or not) starts from its own."""
+        if stage == "fit":
+            self._train_sampler = None
+            self._resume_at = None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled (and bucketed) training lines with augmentation."""

@@ -151,7 +151,7 @@ def test_training_batches_are_bucketed_or_random_and_always_resumable():
     assert spreads[True] < spreads[False] / 3, spreads
 
 
-def test_a_position_read_after_the_loader_was_built_is_dropped_with_a_warning(caplog):
+def test_a_position_read_after_the_fits_loader_was_built_is_dropped_with_a_warning(caplog):
     dm = HTRDataModule(dataset="synthetic", height=32, batch_size=8,
                        synthetic_size={"train": 40, "val": 4, "test": 4})
     assert dm.state_dict() == {}  # nothing to save outside a fit
@@ -162,6 +162,9 @@ def test_a_position_read_after_the_loader_was_built_is_dropped_with_a_warning(ca
     dm.load_state_dict({"epoch": 4, "batches_done": 1})
     assert "starts over from its first batch" in caplog.text
     assert dm.train_dataloader().sampler.epoch == 0  # not carried to a later loader
+    dm.teardown("fit")  # the next fit with this data module reads its checkpoint's position
+    dm.load_state_dict({"epoch": 4, "batches_done": 1})
+    assert dm.train_dataloader().sampler.epoch == 4
 
 
 def test_the_data_module_pickles_after_its_training_loader_ran():
