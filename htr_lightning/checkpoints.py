@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger("htr_lightning")
 
@@ -231,6 +232,24 @@ class LastCheckpoint(Checkpoint):
     def on_train_end(self, trainer, pl_module) -> None:
         """Saves the final state."""
         self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """Saves when the run is stopped with SIGTERM (``kill``, a cluster's time limit or
+        preemption), so that nothing since the last save is lost.
+
+        Lightning answers SIGTERM by raising ``SIGTERMException`` after the step under way,
+        where the state is whole. Not saved: a SIGTERM that stops a validation (the half-run
+        validation loop would be saved with it; the previous ``last.ckpt`` stands), and any
+        other exception (the state may be mid-step, and ``last.ckpt`` is the one file a
+        resume relies on).
+        """
+        if not isinstance(exception, SIGTERMException):
+            return
+        if trainer.validating:
+            log.warning("SIGTERM during a validation: last.ckpt keeps step %d", self._saved_step or 0)
+            return
+        self._save(trainer)
+        log.info("SIGTERM: last.ckpt saved at step %d", trainer.global_step)
 
 
 class InitWeights(Callback):

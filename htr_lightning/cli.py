@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Union
@@ -23,6 +24,7 @@ from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMo
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from htr_lightning.checkpoints import (InitWeights, LastCheckpoint, SafeCheckpointIO,
                                       load_hyperparameters)
@@ -319,7 +321,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> HTRLightningCLI
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``htr-lightning`` (exit status 0 on success).
+    """Entry point of ``htr-lightning`` (exit status 0 on success; 143 when SIGTERM
+    stopped a run, after ``last.ckpt`` was saved).
 
     ``htr-lightning export ...`` goes to :func:`htr_lightning.inference.export.main` (checkpoint
     to ONNX or safetensors); everything else to the LightningCLI.
@@ -330,7 +333,12 @@ def main(args: list[str] | None = None) -> None:
 
         export_main(argv[1:])
         return
-    cli_main(args)
+    try:
+        cli_main(args)
+    except SIGTERMException:
+        # Lightning stops on SIGTERM with a SystemExit that carries no status (0): a job
+        # script that resumes until the run succeeds must see that it did not finish.
+        sys.exit(128 + signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,34 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
     _check_every_checkpoint_loads(ckpt_dir)
 
 
+def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path):
+    """A cluster's time limit or ``kill`` sends SIGTERM: the run stops after the step under
+    way, last.ckpt holds that step (no periodic save here), so nothing is lost, and the exit
+    status says the run did not finish."""
+    record = tmp_path / "batches.jsonl"
+    callbacks = [{"class_path": "tiny_systems.RecordBatches", "init_args": {"path": str(record)}},
+                 {"class_path": "tiny_systems.Throttle", "init_args": {"seconds": 0.3}}]
+    run = subprocess.Popen(_fit(_config(tmp_path, throttle=0.0), "--trainer.callbacks", json.dumps(callbacks),
+                                "--last.every_n_train_steps=0"),
+                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            if record.is_file() and len(record.read_text().splitlines()) >= 2:
+                run.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.02)
+        stderr = run.communicate(timeout=120)[1].decode(errors="replace")
+    finally:
+        if run.poll() is None:
+            run.kill()
+    trained = max(_batches(record))
+    assert 2 <= trained < STEPS_PER_EPOCH, stderr[-3000:]  # stopped mid-epoch
+    assert _step(tmp_path / "ckpt" / "last.ckpt") == trained, stderr[-3000:]
+    assert "SIGTERM: last.ckpt saved at step" in stderr
+    assert run.returncode == 128 + signal.SIGTERM  # not 0: the run did not finish
+
+
 def _batches(path: Path) -> dict[int, list[str]]:
     """Step -> line ids of the batch trained at that step (the latest record of a step wins)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
