@@ -136,51 +136,32 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
     _check_every_checkpoint_loads(ckpt_dir)
 
 
-def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path):
-    """A cluster's time limit or ``kill`` sends SIGTERM: the run stops after the step under
-    way, last.ckpt holds that step (no periodic save here), so nothing is lost, and the exit
-    status says the run did not finish."""
-    record = tmp_path / "batches.jsonl"
-    callbacks = [{"class_path": "tiny_systems.RecordBatches", "init_args": {"path": str(record)}},
-                 {"class_path": "tiny_systems.Throttle", "init_args": {"seconds": 0.3}}]
-    run = subprocess.Popen(_fit(_config(tmp_path, throttle=0.0), "--trainer.callbacks", json.dumps(callbacks),
-                                "--last.every_n_train_steps=0"),
-                           env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and run.poll() is None:
-            if record.is_file() and len(record.read_text().splitlines()) >= 2:
-                run.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.02)
-        stderr = run.communicate(timeout=120)[1].decode(errors="replace")
-    finally:
-        if run.poll() is None:
-            run.kill()
-    trained = max(_batches(record))
-    assert 2 <= trained < STEPS_PER_EPOCH, stderr[-3000:]  # stopped mid-epoch
-    assert _step(tmp_path / "ckpt" / "last.ckpt") == trained, stderr[-3000:]
-    assert "SIGTERM: last.ckpt saved at step" in stderr
-    assert run.returncode == 128 + signal.SIGTERM  # not 0: the run did not finish
-
-
 def _batches(path: Path) -> dict[int, list[str]]:
     """Step -> line ids of the batch trained at that step (the latest record of a step wins)."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     return {row["step"]: row["ids"] for row in rows}
 
 
-def _record_run(tmp_path: Path, name: str, *extra: str) -> Path:
+def _record_args(tmp_path: Path, name: str, *extra: str, crash_at: int | None = None,
+                 throttle: float = 0.0, save_every_step: bool = True) -> tuple[list[str], Path]:
+    """CLI arguments of a fit that records its batches to ``<name>.jsonl`` and checkpoints to
+    ``<name>/`` (22 train lines: a short last batch in every epoch)."""
     record = tmp_path / f"{name}.jsonl"
     callbacks = [{"class_path": "tiny_systems.RecordBatches", "init_args": {"path": str(record)}}]
-    crash = [a.split("=", 1)[1] for a in extra if a.startswith("crash=")]
-    if crash:
-        callbacks.append({"class_path": "tiny_systems.CrashAt", "init_args": {"step": int(crash[0])}})
+    if crash_at is not None:
+        callbacks.append({"class_path": "tiny_systems.CrashAt", "init_args": {"step": crash_at}})
+    if throttle:
+        callbacks.append({"class_path": "tiny_systems.Throttle", "init_args": {"seconds": throttle}})
     args = ["fit", "--config", str(_config(tmp_path, throttle=0.0)),
             "--trainer.callbacks", json.dumps(callbacks),
-            "--checkpoint.dirpath", str(tmp_path / name), "--last.every_n_train_steps=1",
-            "--data.synthetic_size", json.dumps({"train": RAGGED_LINES, "val": 4, "test": 4}),
-            *(a for a in extra if not a.startswith("crash="))]
+            "--checkpoint.dirpath", str(tmp_path / name),
+            f"--last.every_n_train_steps={1 if save_every_step else 0}",
+            "--data.synthetic_size", json.dumps({"train": RAGGED_LINES, "val": 4, "test": 4}), *extra]
+    return args, record
+
+
+def _record_run(tmp_path: Path, name: str, *extra: str, **kw) -> Path:
+    args, record = _record_args(tmp_path, name, *extra, **kw)
     cli_main(args)
     return record
 
@@ -208,7 +189,7 @@ def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, mon
     assert len(uninterrupted) == STEPS_PER_EPOCH * EPOCHS
     assert [len(uninterrupted[s]) for s in (STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH)] == [2, 2]
     with pytest.raises(RuntimeError, match=f"crash at step {crash_at}"):
-        _record_run(tmp_path, "run", f"crash={crash_at}", "--data.num_workers", "1")
+        _record_run(tmp_path, "run", "--data.num_workers", "1", crash_at=crash_at)
     last = tmp_path / "run" / "last.ckpt"
     assert _step(last) == crash_at - 1
     resumed = _batches(_record_run(tmp_path, "resumed", "--data.num_workers", "1",
@@ -216,6 +197,39 @@ def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, mon
     assert sorted(resumed) == list(range(crash_at, STEPS_PER_EPOCH * EPOCHS + 1))
     assert resumed == {s: uninterrupted[s] for s in resumed}
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
+
+
+def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path, monkeypatch, uninterrupted):
+    """A cluster's time limit or ``kill`` sends SIGTERM: the run stops after the step under
+    way, last.ckpt holds that step (no periodic save here), so nothing is lost, and the exit
+    status says the run did not finish. Resumed, it trains the batches of a run never
+    stopped."""
+    args, record = _record_args(tmp_path, "run", throttle=0.3, save_every_step=False)
+    run = subprocess.Popen([sys.executable, "-m", "htr_lightning.cli", *args], env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            if record.is_file() and len(record.read_text().splitlines()) >= 2:
+                run.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.02)
+        stderr = run.communicate(timeout=120)[1].decode(errors="replace")
+    finally:
+        if run.poll() is None:
+            run.kill()
+    trained = max(_batches(record))
+    assert 2 <= trained < STEPS_PER_EPOCH, stderr[-3000:]  # stopped mid-epoch
+    last = tmp_path / "run" / "last.ckpt"
+    assert _step(last) == trained, stderr[-3000:]
+    assert "SIGTERM: last.ckpt saved at step" in stderr
+    assert run.returncode == 128 + signal.SIGTERM  # not 0: the run did not finish
+
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+    resumed = _batches(_record_run(tmp_path, "resumed", "--checkpoint.dirpath", str(tmp_path / "run"),
+                                   "--ckpt_path", str(last)))
+    assert sorted(resumed) == list(range(trained + 1, STEPS_PER_EPOCH * EPOCHS + 1))
+    assert resumed == {step: uninterrupted[step] for step in resumed}
 
 
 def test_last_ckpt_holds_the_validation_that_ran_after_a_step_save(tmp_path, monkeypatch):
