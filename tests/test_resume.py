@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_systems import read_batches
 
 from htr_lightning.cli import cli_main
 from htr_lightning.models import load_system
@@ -83,26 +84,34 @@ def _check_every_checkpoint_loads(folder: Path) -> list[Path]:
     return files
 
 
-def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
-    ckpt_dir = tmp_path / "ckpt"
-    last = ckpt_dir / "last.ckpt"
-    run = subprocess.Popen(_fit(_config(tmp_path, throttle=0.25)), env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    killed_at = None
+def _signal_when(command: list[str], ready, sig: int) -> tuple[subprocess.Popen, str, bool]:
+    """Runs ``command`` (a CLI fit) in a subprocess and sends it ``sig`` as soon as ``ready()``
+    holds; returns the ended process, its stderr, and whether the signal was sent."""
+    run = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sent = False
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None:
-            if last.is_file() and _step(last) > 0:
-                run.send_signal(signal.SIGKILL)
-                killed_at = _step(last)
+            if ready():
+                run.send_signal(sig)
+                sent = True
                 break
             time.sleep(0.02)
+        stderr = run.communicate(timeout=120)[1].decode(errors="replace")
     finally:
         if run.poll() is None:
             run.kill()
-        stderr = run.communicate()[1].decode(errors="replace")
-    assert killed_at is not None, f"no last.ckpt before the run ended:\n{stderr[-3000:]}"
+    return run, stderr, sent
+
+
+def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
+    ckpt_dir = tmp_path / "ckpt"
+    last = ckpt_dir / "last.ckpt"
+    run, stderr, sent = _signal_when(_fit(_config(tmp_path, throttle=0.25)),
+                                     lambda: last.is_file() and _step(last) > 0, signal.SIGKILL)
+    assert sent, f"no last.ckpt before the run ended:\n{stderr[-3000:]}"
     assert run.returncode == -signal.SIGKILL
+    killed_at = _step(last)  # SIGKILL: nothing was written after the signal
     assert 0 < killed_at < STEPS_PER_EPOCH * EPOCHS and killed_at % STEPS_PER_EPOCH != 0
     files = _check_every_checkpoint_loads(ckpt_dir)
     assert last in files
@@ -134,12 +143,6 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path, monkeypatch):
     assert expected[resumed_from] != pytest.approx(expected[0])  # a restart would be visible
     assert len(list(ckpt_dir.glob("best-*.ckpt"))) == 1
     _check_every_checkpoint_loads(ckpt_dir)
-
-
-def _batches(path: Path) -> dict[int, list[str]]:
-    """Step -> line ids of the batch trained at that step (the latest record of a step wins)."""
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return {row["step"]: row["ids"] for row in rows}
 
 
 def _record_args(tmp_path: Path, name: str, *extra: str, crash_at: int | None = None,
@@ -174,7 +177,7 @@ def uninterrupted(tmp_path_factory) -> dict[int, list[str]]:
     tmp = tmp_path_factory.mktemp("uninterrupted")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(sys, "argv", ["htr-lightning"])
-        return _batches(_record_run(tmp, "whole"))
+        return read_batches(_record_run(tmp, "whole"))
 
 
 @pytest.mark.parametrize("crash_at", [STEPS_PER_EPOCH + 2, STEPS_PER_EPOCH + 1],
@@ -192,7 +195,7 @@ def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, mon
         _record_run(tmp_path, "run", "--data.num_workers", "1", crash_at=crash_at)
     last = tmp_path / "run" / "last.ckpt"
     assert _step(last) == crash_at - 1
-    resumed = _batches(_record_run(tmp_path, "resumed", "--data.num_workers", "1",
+    resumed = read_batches(_record_run(tmp_path, "resumed", "--data.num_workers", "1",
                                    "--checkpoint.dirpath", str(tmp_path / "run"), "--ckpt_path", str(last)))
     assert sorted(resumed) == list(range(crash_at, STEPS_PER_EPOCH * EPOCHS + 1))
     assert resumed == {s: uninterrupted[s] for s in resumed}
@@ -205,20 +208,11 @@ def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path, monkeypatch, u
     status says the run did not finish. Resumed, it trains the batches of a run never
     stopped."""
     args, record = _record_args(tmp_path, "run", throttle=0.3, save_every_step=False)
-    run = subprocess.Popen([sys.executable, "-m", "htr_lightning.cli", *args], env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and run.poll() is None:
-            if record.is_file() and len(record.read_text().splitlines()) >= 2:
-                run.send_signal(signal.SIGTERM)
-                break
-            time.sleep(0.02)
-        stderr = run.communicate(timeout=120)[1].decode(errors="replace")
-    finally:
-        if run.poll() is None:
-            run.kill()
-    trained = max(_batches(record))
+    run, stderr, sent = _signal_when([sys.executable, "-m", "htr_lightning.cli", *args],
+                                     lambda: record.is_file() and len(read_batches(record)) >= 2,
+                                     signal.SIGTERM)
+    assert sent, stderr[-3000:]
+    trained = max(read_batches(record))
     assert 2 <= trained < STEPS_PER_EPOCH, stderr[-3000:]  # stopped mid-epoch
     last = tmp_path / "run" / "last.ckpt"
     assert _step(last) == trained, stderr[-3000:]
@@ -226,7 +220,7 @@ def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path, monkeypatch, u
     assert run.returncode == 128 + signal.SIGTERM  # not 0: the run did not finish
 
     monkeypatch.setattr(sys, "argv", ["htr-lightning"])
-    resumed = _batches(_record_run(tmp_path, "resumed", "--checkpoint.dirpath", str(tmp_path / "run"),
+    resumed = read_batches(_record_run(tmp_path, "resumed", "--checkpoint.dirpath", str(tmp_path / "run"),
                                    "--ckpt_path", str(last)))
     assert sorted(resumed) == list(range(trained + 1, STEPS_PER_EPOCH * EPOCHS + 1))
     assert resumed == {step: uninterrupted[step] for step in resumed}

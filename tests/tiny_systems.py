@@ -80,6 +80,15 @@ class RecordBatches(lightning.pytorch.Callback):
                                 "ids": batch["ids"]}) + "\n")
 
 
+def read_batches(path, rank: int = 0) -> dict[int, list[str]]:
+    """What :class:`RecordBatches` wrote for one process: step -> line ids of the batch
+    trained at that step (the latest record of a step wins: a resumed run repeats steps)."""
+    import json
+
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    return {row["step"]: row["ids"] for row in rows if row["rank"] == rank}
+
+
 class CrashAt(lightning.pytorch.Callback):
     """Raises after the training step that reaches ``step`` (before the checkpoint callbacks,
     which Lightning runs last, can save it)."""
@@ -87,7 +96,6 @@ class CrashAt(lightning.pytorch.Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, *args, **kwargs) -> None:
-        trainer = args[0]
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError(f"crash at step {self.step}")

@@ -1,4 +1,3 @@
-import json
 import logging
 import subprocess
 import sys
@@ -6,7 +5,7 @@ import sys
 import lightning.pytorch as pl
 import pytest
 import torch
-from tiny_systems import RecordBatches
+from tiny_systems import RecordBatches, read_batches
 
 from htr_lightning.data import HTRDataModule, WidthBucketSampler
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
@@ -100,13 +99,12 @@ def test_ddp_spawn_fit_and_validation_cer_equals_single_process(tmp_path, tiny_t
     ddp.fit(model, dm)
     # Each process trained its own share of the width-bucketed batches (Lightning kept our
     # sampler instead of wrapping it in a shuffling DistributedSampler of its own).
-    rows = [json.loads(line) for line in record.read_text().splitlines()]
     dm.setup("fit")
     lengths = [len(s.text) for s in dm.samples("train")]
     for rank in (0, 1):
         share = WidthBucketSampler(lengths, dm.batch_size, seed=dm.seed, num_replicas=2, rank=rank)
         expected = [[dm.samples("train")[i].id for i in b] for b in share.batches()[:2]]
-        assert [r["ids"] for r in rows if r["rank"] == rank] == expected
+        assert list(read_batches(record, rank).values()) == expected
     ckpt = tmp_path / "ddp.ckpt"
     ddp.save_checkpoint(ckpt)
     multi = ddp.validate(model, dm, ckpt_path=ckpt, verbose=False)[0]
