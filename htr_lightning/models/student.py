@@ -67,6 +67,8 @@ class StudentSystem(TeacherSystem):
         dropout: float = 0.2,
         kernel_size: int = 3,
         se_reduction: int = 16,
+        feature_dropout: float = 0.0,
+        head_dropout: float = 0.0,
         teacher_ckpt: str | None = None,
         kd_weight: float = 1.0,
         temperature: float = 2.0,
@@ -77,8 +79,8 @@ class StudentSystem(TeacherSystem):
         decoder: str | dict = "greedy",
     ) -> None:
         super().__init__(charset, height, channels, pools, lstm_hidden, lstm_layers, heads,
-                         dropout, kernel_size, se_reduction, lr, weight_decay, scheduler,
-                         warmup, decoder)
+                         dropout, kernel_size, se_reduction, feature_dropout, head_dropout,
+                         lr, weight_decay, scheduler, warmup, decoder)
         self.save_hyperparameters()
         if kd_weight < 0 or temperature <= 0:
             raise ValueError(f"need kd_weight >= 0 and temperature > 0, got {kd_weight}, {temperature}")

@@ -32,6 +32,8 @@ class TeacherSystem(CTCSystem):
         dropout: float = 0.2,
         kernel_size: int = 3,
         se_reduction: int = 16,
+        feature_dropout: float = 0.0,
+        head_dropout: float = 0.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-2,
         scheduler: str = "onecycle",
@@ -41,4 +43,5 @@ class TeacherSystem(CTCSystem):
         super().__init__(charset, height, lr, weight_decay, scheduler, warmup, decoder)
         self.save_hyperparameters()
         self.net = GatedCRNN(len(self.tokenizer), height, channels, pools, lstm_hidden,
-                             lstm_layers, heads, dropout, kernel_size, se_reduction)
+                             lstm_layers, heads, dropout, kernel_size, se_reduction,
+                             feature_dropout, head_dropout)

@@ -112,3 +112,15 @@ def test_missing_teacher_file_named(tmp_path, tiny_teacher_kwargs, tiny_data_kwa
     model = _student(dm, tiny_teacher_kwargs, teacher_ckpt=str(tmp_path / "nope.ckpt"))
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
         _trainer(tmp_path).fit(model, dm)
+
+
+@pytest.mark.parametrize("system", [TeacherSystem, StudentSystem])
+def test_dropout_options_reach_the_network_and_leave_the_training_settings(system):
+    model = system("abc ", feature_dropout=0.1, head_dropout=0.2, lr=3e-4, warmup=0.05,
+                   scheduler="constant")
+    assert (model.net.feature_dropout.p, model.net.head_dropout.p) == (0.1, 0.2)
+    assert (model.hparams.lr, model.hparams.warmup, model.hparams.scheduler) == (3e-4, 0.05, "constant")
+    # A checkpoint saved before these options existed has no such hyperparameters: they are off.
+    old = {k: v for k, v in model.hparams.items() if k not in ("feature_dropout", "head_dropout")}
+    restored = system(**old)
+    assert (restored.net.feature_dropout.p, restored.net.head_dropout.p) == (0.0, 0.0)

@@ -47,3 +47,32 @@ def test_gradients_reach_every_parameter():
     log_probs, _ = net(torch.rand(2, 1, 32, 64))
     log_probs[..., 1:].sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_feature_and_head_dropout_act_in_training_only_and_add_no_weights():
+    torch.manual_seed(0)
+    plain = GatedCRNN(num_classes=10, height=32, **TINY)
+    dropped = GatedCRNN(num_classes=10, height=32, feature_dropout=0.5, head_dropout=0.5, **TINY)
+    # No new parameters: a checkpoint of the SPEC network loads into a regularised one and back.
+    assert plain.state_dict().keys() == dropped.state_dict().keys()
+    dropped.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 1, 32, 100)
+    plain.eval(), dropped.eval()
+    with torch.no_grad():
+        assert torch.equal(plain(images)[0], dropped(images)[0])
+    dropped.train()
+    plain.train()
+    torch.manual_seed(1)
+    first = dropped(images)[0]
+    torch.manual_seed(2)
+    second = dropped(images)[0]
+    torch.manual_seed(1)
+    assert not torch.allclose(first, second)
+    # Both rates must be wired in: each one alone changes the training output of the plain net.
+    for rates in ({"feature_dropout": 0.5}, {"head_dropout": 0.5}):
+        one = GatedCRNN(num_classes=10, height=32, **rates, **TINY)
+        one.load_state_dict(plain.state_dict())
+        torch.manual_seed(3)
+        reference = plain(images)[0]
+        torch.manual_seed(3)
+        assert not torch.allclose(one(images)[0], reference), rates
