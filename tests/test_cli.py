@@ -80,6 +80,15 @@ def test_every_experiment_config_parses(config, capsys):
     assert "class_path: htr_lightning.models." in capsys.readouterr().out
 
 
+def test_augmentation_settings_from_the_command_line(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(SYNTHETIC_TEACHER_CONFIG), "--data.augment", "{shear: 0.6, grid: 0}",
+              "--print_config"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "augment:\n    shear: 0.6\n    grid: 0" in out, out[out.find("augment"):][:200]
+
+
 def test_early_stopping_on_val_cer_and_no_validation_still_trains(tmp_path):
     frozen = ["--model.lr=0", "--model.weight_decay=0", "--model.scheduler=constant"]
     cli = main(["fit", *tiny_cli_args(tmp_path), *frozen, "--trainer.max_steps=-1",

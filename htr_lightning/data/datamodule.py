@@ -75,7 +75,9 @@ class HTRDataModule(pl.LightningDataModule):
         eval_batch_size: Validation/test/predict batch size (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory (useful on GPU).
-        augment: Apply :class:`LineAugment` to training lines.
+        augment: Apply :class:`LineAugment` to training lines: True with its defaults, False
+            not at all, or a mapping of its settings to change, e.g. ``{shear: 0.5,
+            morphology: 0}`` for a strongly slanted hand (the rest keep their defaults).
         bucket_by_width: Group training lines of similar length into batches (also under
             DDP); off, batches are random. Either way the order is seeded by ``seed`` and the
             epoch, and a run resumed mid-epoch goes on with it (:class:`ResumableLoader`).
@@ -101,7 +103,7 @@ class HTRDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
-        augment: bool = True,
+        augment: bool | dict[str, float] = True,
         bucket_by_width: bool = True,
         synthetic_size: dict[str, int] | None = None,
         seed: int = 0,
@@ -128,6 +130,7 @@ class HTRDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.augment = augment
+        LineAugment.from_option(augment)  # a wrong setting fails here, not in a worker mid-epoch
         self.bucket_by_width = bucket_by_width
         self.synthetic_size = {"train": 20000, "val": 500, "test": 500, **(synthetic_size or {})}
         self.seed = seed
@@ -208,7 +211,7 @@ class HTRDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         samples = self.samples(split)
-        augment = LineAugment() if (train and self.augment) else None
+        augment = LineAugment.from_option(self.augment) if train else None
         dataset = LineDataset(samples, self.preprocess, augment)
         kwargs = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
                       collate_fn=collate_lines, persistent_workers=self.num_workers > 0)

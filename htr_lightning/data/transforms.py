@@ -68,6 +68,9 @@ class LineAugment:
             would repeat the same distortions in each of them).
     """
 
+    SETTINGS = ("rotation", "shear", "scale", "width_jitter", "grid", "morphology", "photometric")
+    PROBABILITIES = ("grid", "morphology", "photometric")
+
     def __init__(
         self,
         rotation: float = 1.0,
@@ -87,6 +90,33 @@ class LineAugment:
         self.morphology = morphology
         self.photometric = photometric
         self.rng = random.Random(seed) if seed is not None else random
+        for name in self.SETTINGS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"augmentation {name} must be a number >= 0, not {value!r}")
+        for name in self.PROBABILITIES:
+            if getattr(self, name) > 1:
+                raise ValueError(f"augmentation {name} is a probability, not {getattr(self, name)!r}")
+        if scale >= 1 or width_jitter >= 1:
+            raise ValueError(f"augmentation scale and width_jitter must be below 1 (a relative "
+                             f"change), not {scale!r} and {width_jitter!r}")
+
+    @classmethod
+    def from_option(cls, option: bool | dict | None) -> LineAugment | None:
+        """The augmentation a data option asks for: True the defaults, False/None none, a dict
+        the defaults with those settings replaced (an unknown name is an error naming the known
+        ones)."""
+        if option is None or option is False:
+            return None
+        if option is True:
+            return cls()
+        if not isinstance(option, dict):
+            raise ValueError(f"augment must be true, false or a mapping of LineAugment settings, "
+                             f"not {option!r}")
+        unknown = sorted(set(option) - set(cls.SETTINGS))
+        if unknown:
+            raise ValueError(f"unknown augmentation setting(s) {unknown}; known: {', '.join(cls.SETTINGS)}")
+        return cls(**option)
 
     def __call__(self, img: Image.Image) -> Image.Image:
         """Applies a random subset of the distortions.

@@ -43,6 +43,7 @@ def test_synthetic_is_the_default_and_its_charset_is_fixed():
     (dict(dataset="pagexml"), ValueError, "needs data.root"),
     (dict(dataset="nope", root="."), ValueError, "unknown dataset 'nope'"),
     (dict(dataset="folder", root="/no/such/dir"), FileNotFoundError, "/no/such/dir"),
+    (dict(augment={"sheer": 0.5}), ValueError, r"unknown augmentation setting\(s\) \['sheer'\]"),
 ])
 def test_bad_configuration_fails_at_start(kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -176,3 +177,13 @@ def test_the_data_module_pickles_after_its_training_loader_ran():
     next(iter(loader))
     copy = pickle.loads(pickle.dumps(dm))
     assert copy.state_dict() == {} and len(copy.samples("train")) == 8
+
+
+def test_augment_settings_reach_the_training_lines_only():
+    dm = HTRDataModule(dataset="synthetic", height=32, batch_size=4, num_workers=0,
+                       augment={"shear": 0.6, "morphology": 0},
+                       synthetic_size={"train": 8, "val": 4, "test": 4})
+    dm.setup("fit")
+    train = dm.train_dataloader().dataset.augment
+    assert (train.shear, train.morphology, train.rotation) == (0.6, 0, 1.0)
+    assert dm.val_dataloader().dataset.augment is None

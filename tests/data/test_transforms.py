@@ -74,3 +74,30 @@ def test_augmentation_is_seeded_and_keeps_ink():
     assert a.size != c.size or not np.array_equal(np.asarray(a), np.asarray(c))
     ink = (np.asarray(a) < 128).sum()
     assert 0.3 < ink / (np.asarray(img) < 128).sum() < 3
+
+
+def test_augment_option_true_false_or_settings():
+    assert LineAugment.from_option(False) is None and LineAugment.from_option(None) is None
+    default = LineAugment.from_option(True)
+    assert (default.shear, default.morphology) == (0.3, 0.3)
+    custom = LineAugment.from_option({"shear": 0.6, "morphology": 0})
+    assert (custom.shear, custom.morphology, custom.grid) == (0.6, 0, 0.5)  # the rest: defaults
+
+
+def test_augment_option_all_zero_is_the_identity():
+    img = _line()
+    off = LineAugment.from_option({"rotation": 0, "shear": 0, "scale": 0, "width_jitter": 0,
+                                   "grid": 0, "morphology": 0, "photometric": 0})
+    assert np.array_equal(np.asarray(off(img)), np.asarray(img))
+
+
+@pytest.mark.parametrize("option, message", [
+    ({"sheer": 0.5}, r"unknown augmentation setting\(s\) \['sheer'\]; known: rotation, shear"),
+    ({"grid": 1.5}, "grid is a probability"),
+    ({"rotation": -1}, "rotation must be a number >= 0"),
+    ({"width_jitter": 1.0}, "must be below 1"),
+    ("strong", "augment must be true, false or a mapping"),
+])
+def test_augment_option_errors_name_the_setting(option, message):
+    with pytest.raises(ValueError, match=message):
+        LineAugment.from_option(option)
