@@ -203,6 +203,48 @@ def test_4bit_is_refused_on_cpu_with_the_reason(canvas_data, tiny_llama_dir):
         model.setup("fit")
 
 
+def _cpu_has_avx512_bf16() -> bool:
+    try:
+        return "avx512_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has_avx512_bf16(), reason="bitsandbytes repacks 4-bit weights for "
+                    "inference only on CPUs with AVX512-BF16")
+def test_the_reason_4bit_is_refused_on_cpu_still_holds(tmp_path):
+    """The refusal above rests on a bitsandbytes behaviour; if this fails, a bitsandbytes
+    release has fixed it and 4-bit LoRA on CPU can be allowed (and tested) again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.manual_seed(0)
+    # 128 wide: the repacking works on blocks of 64 input features (32 fails in bitsandbytes).
+    model, _ = _make_tiny_llama().build_tiny_llama(hidden=128)
+    model.save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quantization,
+                                               device_map="cpu")
+    llm = get_peft_model(llm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    ids = torch.randint(3, 20, (2, 8))
+
+    def adapters_with_gradients() -> int:
+        llm.train()
+        llm.zero_grad()
+        llm(input_ids=ids, labels=ids).loss.backward()
+        # Counts the adapters autograd reached (lora_A's gradient is zero while lora_B is at
+        # its zero initialisation, so reached is the test, not non-zero).
+        return sum(p.grad is not None for p in llm.parameters() if p.requires_grad)
+
+    adapters = sum(p.requires_grad for p in llm.parameters())
+    assert adapters > 0 and adapters_with_gradients() == adapters
+    llm.eval()
+    with torch.no_grad():  # what a validation pass does
+        llm(input_ids=ids)
+    assert adapters_with_gradients() == 0
+
+
 def test_adapters_come_back_for_fitting_and_resuming_accepts_the_missing_lm(tmp_path, canvas_data,
                                                                             llm_dir):
     pl.seed_everything(0)
