@@ -16,6 +16,22 @@ QUANTIZATIONS = (None, "4bit", "8bit")
 IGNORE_INDEX = -100  # the label transformers' causal-LM loss skips
 
 
+def quantization_config(kind: str | None):
+    """The bitsandbytes loading settings for ``llm_quantization`` (one of
+    :data:`QUANTIZATIONS`): NF4 with bf16 compute for "4bit", LLM.int8 for "8bit", None for
+    full weights."""
+    if kind is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if kind == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"unknown llm_quantization {kind!r}")
+
+
 def lm_inputs(prefix: torch.Tensor, token_ids: Sequence[Sequence[int]], embedding: nn.Module,
               bos: int | None, eos: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inputs of a causal LM for ``[BOS] [prefix] [tokens] [EOS]``, right-padded.
@@ -217,25 +233,19 @@ class LLMAugmentedSystem(BestPracticesSystem):
         """Loads the LM, its tokenizer and the LoRA adapters when fitting starts."""
         if stage != "fit" or self.llm is not None or self.hparams.lm_weight == 0:
             return
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         hp = self.hparams
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        quantization = None
-        if hp.llm_quantization == "4bit":
-            if device.type != "cuda":
-                raise ValueError(
-                    "llm_quantization='4bit' needs a CUDA device: on CPU, bitsandbytes 0.50 repacks "
-                    "4-bit weights for inference after any forward pass without gradients "
-                    "(validation, generate) and then silently stops the gradients to the connector "
-                    "and adapters. Use llm_quantization='8bit' or None on CPU.")
-            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                              bnb_4bit_compute_dtype=torch.bfloat16)
-        elif hp.llm_quantization == "8bit":
-            quantization = BitsAndBytesConfig(load_in_8bit=True)
+        if hp.llm_quantization == "4bit" and device.type != "cuda":
+            raise ValueError(
+                "llm_quantization='4bit' needs a CUDA device: on CPU, bitsandbytes 0.50 repacks "
+                "4-bit weights for inference after any forward pass without gradients "
+                "(validation, generate) and then silently stops the gradients to the connector "
+                "and adapters. Use llm_quantization='8bit' or None on CPU.")
         llm = AutoModelForCausalLM.from_pretrained(
             hp.llm, dtype=hp.llm_dtype if hp.llm_dtype == "auto" else getattr(torch, hp.llm_dtype),
-            quantization_config=quantization, device_map={"": device})
+            quantization_config=quantization_config(hp.llm_quantization), device_map={"": device})
         hidden = llm.config.get_text_config().hidden_size
         if hidden != hp.llm_hidden_size:
             raise ValueError(f"{hp.llm} has hidden size {hidden}, but this model's connector was "

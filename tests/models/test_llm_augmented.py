@@ -216,15 +216,16 @@ def test_the_reason_4bit_is_refused_on_cpu_still_holds(tmp_path):
     """The refusal above rests on a bitsandbytes behaviour; if this fails, a bitsandbytes
     release has fixed it and 4-bit LoRA on CPU can be allowed (and tested) again."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
+
+    from htr_lightning.models.llm_augmented import quantization_config
 
     torch.manual_seed(0)
     # 128 wide: the repacking works on blocks of 64 input features (32 fails in bitsandbytes).
     model, _ = _make_tiny_llama().build_tiny_llama(hidden=128)
     model.save_pretrained(tmp_path)
-    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                      bnb_4bit_compute_dtype=torch.bfloat16)
-    llm = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quantization,
+    # The settings the model would load its LM with, were 4-bit allowed on CPU.
+    llm = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quantization_config("4bit"),
                                                device_map="cpu")
     llm = get_peft_model(llm, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     ids = torch.randint(3, 20, (2, 8))
