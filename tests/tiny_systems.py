@@ -1,6 +1,7 @@
 """Tiny system settings and a checkpoint writer shared by test modules (importable by name,
 unlike ``conftest``, of which tests/ holds more than one)."""
 
+import json
 from pathlib import Path
 
 import lightning
@@ -33,8 +34,6 @@ def save_cli_checkpoint(model, path):
 
 def tiny_teacher_cli_args() -> list[str]:
     """TINY_TEACHER as ``--model.<name>=<value>`` command-line arguments."""
-    import json
-
     return [f"--model.{key}={json.dumps(value)}" for key, value in TINY_TEACHER.items()
             if key != "height"]
 
@@ -73,8 +72,6 @@ class RecordBatches(lightning.pytorch.Callback):
         self.path = path
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import json
-
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"rank": trainer.global_rank, "step": trainer.global_step,
                                 "ids": batch["ids"]}) + "\n")
@@ -83,8 +80,6 @@ class RecordBatches(lightning.pytorch.Callback):
 def read_batches(path, rank: int = 0) -> dict[int, list[str]]:
     """What :class:`RecordBatches` wrote for one process: step -> line ids of the batch
     trained at that step (the latest record of a step wins: a resumed run repeats steps)."""
-    import json
-
     rows = [json.loads(line) for line in open(path, encoding="utf-8")]
     return {row["step"]: row["ids"] for row in rows if row["rank"] == rank}
 
