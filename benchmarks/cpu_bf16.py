@@ -2,8 +2,8 @@
 bf16-mixed``), for users who train without a GPU.
 
 One step is what ``TeacherSystem.training_step`` does to a batch: the network's forward under
-the precision, the CTC loss in float32 (as ``CTCSystem`` computes it under mixed precision),
-backward and an AdamW step. Both settings start from the same weights and are timed
+the precision, the model's own CTC loss (``CTCSystem.ctc_loss``, float32 under mixed
+precision too), backward and an AdamW step. Both settings start from the same weights and are timed
 alternately in the same process, so machine noise hits both; medians of ``--runs`` steps after
 ``--warmup``. Also printed: how far the bf16 forward is from float32 on the same weights (the
 largest difference of a log-probability and the relative difference of the CTC loss).
@@ -24,20 +24,17 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from htr_lightning.nets import GatedCRNN
+from htr_lightning.models import TeacherSystem
 
 
-def ctc_loss(net: GatedCRNN, images: torch.Tensor, widths: torch.Tensor, targets: torch.Tensor,
-             target_lengths: torch.Tensor, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forward under the precision and the float32 CTC loss; returns (loss, log_probs)."""
+def ctc_loss(model: TeacherSystem, images: torch.Tensor, widths: torch.Tensor, texts: list[str],
+             bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward under the precision and the model's CTC loss; returns (loss, log_probs)."""
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        log_probs, lengths = net(images, widths)
-    log_probs = log_probs.float()
-    loss = F.ctc_loss(log_probs.transpose(0, 1), targets, lengths, target_lengths,
-                      zero_infinity=True)
-    return loss, log_probs
+        log_probs, lengths = model(images, widths)
+        loss = model.ctc_loss(log_probs, lengths, texts, [str(i) for i in range(len(texts))])
+    return loss, log_probs.float()
 
 
 def main() -> None:
@@ -56,24 +53,25 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = GatedCRNN(args.classes, pools=args.pools)
+    charset = "".join(chr(33 + i) for i in range(args.classes - 1))  # + the CTC blank
+    base = TeacherSystem(charset, pools=args.pools)
     nets = {"float32": base, "bf16-mixed": copy.deepcopy(base)}
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4) for name, net in nets.items()}
     images = torch.rand(args.batch, 1, 64, args.width)
     widths = torch.full((args.batch,), args.width)
-    targets = torch.randint(1, args.classes, (args.batch, args.text))
-    target_lengths = torch.full((args.batch,), args.text)
+    texts = ["".join(charset[int(c)] for c in torch.randint(0, len(charset), (args.text,)))
+             for _ in range(args.batch)]
 
     with torch.no_grad():
-        loss32, lp32 = ctc_loss(base.eval(), images, widths, targets, target_lengths, bf16=False)
-        loss16, lp16 = ctc_loss(base, images, widths, targets, target_lengths, bf16=True)
+        loss32, lp32 = ctc_loss(base.eval(), images, widths, texts, bf16=False)
+        loss16, lp16 = ctc_loss(base, images, widths, texts, bf16=True)
     base.train()
 
     times: dict[str, list[float]] = {name: [] for name in nets}
     for i in range(args.warmup + args.runs):
         for name, net in nets.items():
             start = time.perf_counter()
-            loss, _ = ctc_loss(net, images, widths, targets, target_lengths, bf16=name != "float32")
+            loss, _ = ctc_loss(net, images, widths, texts, bf16=name != "float32")
             loss.backward()
             optimizers[name].step()
             optimizers[name].zero_grad()
