@@ -84,16 +84,23 @@ def _check_every_checkpoint_loads(folder: Path) -> list[Path]:
     return files
 
 
-def _signal_when(command: list[str], ready, sig: int) -> tuple[subprocess.Popen, str, bool]:
+def _signal_when(command: list[str], ready, sig: int,
+                 group: bool = False) -> tuple[subprocess.Popen, str, bool]:
     """Runs ``command`` (a CLI fit) in a subprocess and sends it ``sig`` as soon as ``ready()``
-    holds; returns the ended process, its stderr, and whether the signal was sent."""
-    run = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    holds; returns the ended process, its stderr, and whether the signal was sent. ``group``:
+    the run gets a process group of its own and the signal goes to all of it (DataLoader
+    workers included), as Slurm's ``scancel`` does."""
+    run = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           start_new_session=group)
     sent = False
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and run.poll() is None:
             if ready():
-                run.send_signal(sig)
+                if group:
+                    os.killpg(run.pid, sig)
+                else:
+                    run.send_signal(sig)
                 sent = True
                 break
             time.sleep(0.02)
@@ -202,16 +209,22 @@ def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, mon
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
 
 
-def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path, monkeypatch, uninterrupted):
+@pytest.mark.parametrize("workers, group", [(0, False), (2, True)],
+                         ids=["main_process", "process_group_with_workers"])
+def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path, monkeypatch, uninterrupted,
+                                                         workers, group):
     """A cluster's time limit or ``kill`` sends SIGTERM: the run stops after the step under
     way, last.ckpt holds that step (no periodic save here), so nothing is lost, and the exit
     status says the run did not finish. Resumed, it trains the batches of a run never
-    stopped."""
-    args, record = _record_args(tmp_path, "run", throttle=0.3, save_every_step=False)
+    stopped. Slurm signals the whole process group: the DataLoader workers get the SIGTERM
+    too and must not take the main process down before it saves."""
+    args, record = _record_args(tmp_path, "run", "--data.num_workers", str(workers), throttle=0.3,
+                                save_every_step=False)
     run, stderr, sent = _signal_when([sys.executable, "-m", "htr_lightning.cli", *args],
                                      lambda: record.is_file() and len(read_batches(record)) >= 2,
-                                     signal.SIGTERM)
+                                     signal.SIGTERM, group=group)
     assert sent, stderr[-3000:]
+    assert "killed by signal" not in stderr, stderr[-3000:]
     trained = max(read_batches(record))
     assert 2 <= trained < STEPS_PER_EPOCH, stderr[-3000:]  # stopped mid-epoch
     last = tmp_path / "run" / "last.ckpt"

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
+import signal
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from htr_lightning.data.samples import BadSampleError, LineSample
@@ -30,6 +33,31 @@ log = logging.getLogger("htr_lightning.data")
 # Batch widths are rounded up to a multiple of this (see ``collate_lines``); exported models
 # record it so their runtime batches lines the same way.
 WIDTH_MULTIPLE = 32
+
+
+def worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of the fit, validate and test loaders: the worker outlives the first
+    SIGTERM, then seeds itself as Lightning would.
+
+    Slurm's ``scancel``, preemption and ``kill -TERM -- -PGID`` signal every process of the
+    job. A worker that died of it at once made the main process fail inside the step under
+    way ("DataLoader worker ... is killed by signal: Terminated", raised from torch's SIGCHLD
+    handler) before Lightning's own SIGTERM handling could stop after the step and save
+    last.ckpt. With the first SIGTERM ignored, the main process finishes the step, saves and
+    shuts the workers down through their queues as usual; a second SIGTERM (the DataLoader's
+    ``terminate()`` of a worker that does not exit) ends the worker.
+
+    Lightning adds its worker seeding (``seed_everything(workers=True)``, which the CLI uses)
+    only to loaders without a ``worker_init_fn``, so this one calls it under the same
+    condition.
+    """
+    signal.signal(signal.SIGTERM, _end_on_next_sigterm)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
+
+
+def _end_on_next_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class LineDataset(Dataset):

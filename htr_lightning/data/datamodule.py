@@ -11,7 +11,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
-from htr_lightning.data.batching import LineDataset, ResumableLoader, WidthBucketSampler, collate_lines
+from htr_lightning.data.batching import (LineDataset, ResumableLoader, WidthBucketSampler, collate_lines,
+                                         worker_init)
 from htr_lightning.data.readers import IMAGE_SUFFIXES, READERS, SPLITS
 from htr_lightning.data.samples import LineSample, SkipReport
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
@@ -214,7 +215,8 @@ class HTRDataModule(pl.LightningDataModule):
         augment = LineAugment.from_option(self.augment) if train else None
         dataset = LineDataset(samples, self.preprocess, augment)
         kwargs = dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
-                      collate_fn=collate_lines, persistent_workers=self.num_workers > 0)
+                      collate_fn=collate_lines, persistent_workers=self.num_workers > 0,
+                      worker_init_fn=worker_init)
         if train:
             # One epoch-seeded sampler either way, so a resumed epoch can repeat the order of
             # the run it continues (pool 1: plain random batches).

@@ -1,12 +1,20 @@
 import logging
+import os
+import random
+import signal
+import time
 
+import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from htr_lightning.data import (LineDataset, LinePreprocessor, LineSample, ResumableLoader,
                                 WidthBucketSampler, collate_lines)
+from htr_lightning.data.batching import worker_init
+from htr_lightning.data.datamodule import HTRDataModule
 
 
 def _samples(tmp_path):
@@ -121,3 +129,52 @@ def test_the_resumable_loader_reports_the_trained_batches_not_the_fetched_ones()
     assert list(other) == sampler.batches()[7:] and len(other) == 51
     with pytest.raises(TypeError, match="needs a WidthBucketSampler, not SequentialSampler"):
         ResumableLoader(range(3), batches_done=int)
+
+
+def _survives_sigterms(count: int) -> int:
+    """Forks a process that installs ``worker_init``, sends itself ``count`` SIGTERMs and
+    exits 0 if still alive; returns its wait status (a signal number when it was killed)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        try:
+            worker_init(0)
+            for _ in range(count):
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler runs between bytecodes
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def test_a_worker_outlives_the_first_sigterm_and_ends_on_the_second():
+    assert _survives_sigterms(1) == 0
+    assert _survives_sigterms(2) == signal.SIGTERM
+
+
+def test_worker_init_seeds_as_lightning_would(monkeypatch):
+    """Lightning adds its worker seeding only to loaders without a worker_init_fn: ours must
+    do it in its place when ``seed_everything(workers=True)`` asked for it."""
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        draws = {}
+        for name, init in (("ours", worker_init), ("lightning", pl_worker_init_function)):
+            monkeypatch.setenv("PL_SEED_WORKERS", "1")
+            torch.manual_seed(1234)  # what torch gives worker 1 of a loader with base seed 1233
+            init(1)
+            draws[name] = (torch.rand(2).tolist(), random.random(), float(np.random.rand()))
+        assert draws["ours"] == draws["lightning"]
+        monkeypatch.delenv("PL_SEED_WORKERS")
+        torch.manual_seed(1234)
+        worker_init(1)
+        assert torch.rand(2).tolist() != draws["ours"][0]  # unseeded: torch's own seed stays
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_the_datamodule_loaders_use_worker_init():
+    dm = HTRDataModule(dataset="synthetic", height=32, batch_size=2, augment=False,
+                       synthetic_size={"train": 4, "val": 2, "test": 2})
+    dm.setup("fit")
+    assert dm.train_dataloader().worker_init_fn is worker_init
+    assert dm.val_dataloader().worker_init_fn is worker_init
