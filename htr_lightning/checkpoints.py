@@ -196,6 +196,23 @@ class LastCheckpoint(Checkpoint):
         self._saved_step = trainer.global_step
         self._saved_at = time.monotonic()
 
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """Warns when a fit resumes from a mid-epoch checkpoint that holds no training-loader
+        position for our data module (written by a version before the position was saved, or
+        with its key removed): the interrupted epoch then starts over from its first batch,
+        so its first batches are trained twice. The run goes on; the message says so."""
+        from htr_lightning.data.datamodule import HTRDataModule  # data imports nothing from here
+
+        datamodule = getattr(trainer, "datamodule", None)
+        if trainer.state.fn != "fit" or not isinstance(datamodule, HTRDataModule):
+            return
+        progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        done = progress.get("current", {}).get("processed", 0)
+        if done and not progress.get("is_last_batch") and type(datamodule).__qualname__ not in checkpoint:
+            log.warning("the checkpoint stopped %d batches into epoch %s but holds no training "
+                        "loader position (written before positions were saved?): the epoch "
+                        "starts over from its first batch", done, checkpoint.get("epoch"))
+
     def on_train_start(self, trainer, pl_module) -> None:
         """Starts the clock (a resumed run counts from its own start)."""
         self._saved_at = time.monotonic()

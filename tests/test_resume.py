@@ -3,6 +3,7 @@
 
 import csv
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -177,6 +178,7 @@ def _record_run(tmp_path: Path, name: str, *extra: str, **kw) -> Path:
 
 
 RAGGED_LINES = TRAIN_LINES - 2  # the last batch of each epoch is short
+NO_POSITION = "holds no training loader position"  # LastCheckpoint's warning
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def uninterrupted(tmp_path_factory) -> dict[int, list[str]]:
 @pytest.mark.parametrize("crash_at", [STEPS_PER_EPOCH + 2, STEPS_PER_EPOCH + 1],
                          ids=["mid_epoch", "epoch_end"])
 def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, monkeypatch, recwarn,
-                                                                    uninterrupted, crash_at):
+                                                                    caplog, uninterrupted, crash_at):
     """Killed after the save of step ``crash_at - 1`` (mid-epoch, or the epoch-end save), then
     resumed from that last.ckpt, with DataLoader workers fetching ahead: from the step after
     it, the run trains the same lines in the same batches as the run that was never
@@ -202,8 +204,10 @@ def test_a_resumed_run_trains_the_batches_of_the_uninterrupted_one(tmp_path, mon
         _record_run(tmp_path, "run", "--data.num_workers", "1", crash_at=crash_at)
     last = tmp_path / "run" / "last.ckpt"
     assert _step(last) == crash_at - 1
-    resumed = read_batches(_record_run(tmp_path, "resumed", "--data.num_workers", "1",
-                                   "--checkpoint.dirpath", str(tmp_path / "run"), "--ckpt_path", str(last)))
+    with caplog.at_level(logging.WARNING, logger="htr_lightning"):
+        resumed = read_batches(_record_run(tmp_path, "resumed", "--data.num_workers", "1",
+                                       "--checkpoint.dirpath", str(tmp_path / "run"), "--ckpt_path", str(last)))
+    assert not [r for r in caplog.records if NO_POSITION in r.getMessage()]
     assert sorted(resumed) == list(range(crash_at, STEPS_PER_EPOCH * EPOCHS + 1))
     assert resumed == {s: uninterrupted[s] for s in resumed}
     assert not [w for w in recwarn if "not resumable" in str(w.message)]
@@ -284,3 +288,21 @@ def test_last_ckpt_is_written_once_per_validation(tmp_path, monkeypatch, val_che
                 2: [half, STEPS_PER_EPOCH, STEPS_PER_EPOCH + half, 2 * STEPS_PER_EPOCH]}
     assert last == expected[saves_per_epoch]
     assert _step(tmp_path / "ckpt" / "last.ckpt") == 2 * STEPS_PER_EPOCH
+
+
+def test_a_mid_epoch_checkpoint_without_a_loader_position_is_reported(tmp_path, monkeypatch, caplog):
+    """A mid-epoch checkpoint written before loader positions were saved (here: the position
+    removed) cannot resume its epoch where it stopped: the run restarts that epoch and says
+    so. (The resumes of intact checkpoints above check that they do not.)"""
+    monkeypatch.setattr(sys, "argv", ["htr-lightning"])
+    crash_at = STEPS_PER_EPOCH + 2
+    with pytest.raises(RuntimeError, match=f"crash at step {crash_at}"):
+        _record_run(tmp_path, "run", crash_at=crash_at)
+    state = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)
+    assert state["HTRDataModule"]["batches_done"] == 1
+    del state["HTRDataModule"]
+    torch.save(state, tmp_path / "old.ckpt")
+    with caplog.at_level(logging.WARNING, logger="htr_lightning"):
+        _record_run(tmp_path, "old", "--trainer.max_epochs", "2", "--ckpt_path", str(tmp_path / "old.ckpt"))
+    hits = [r.getMessage() for r in caplog.records if NO_POSITION in r.getMessage()]
+    assert len(hits) == 1 and "stopped 1 batches into epoch 1" in hits[0], hits
