@@ -22,7 +22,6 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from htr_lightning.data.samples import BadSampleError, LineSample
@@ -53,6 +52,9 @@ def worker_init(worker_id: int) -> None:
     """
     signal.signal(signal.SIGTERM, _end_on_next_sigterm)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        # Imported here: the ONNX runtime imports this module and must not need Lightning.
+        from lightning.fabric.utilities.seed import pl_worker_init_function
+
         pl_worker_init_function(worker_id)
 
 
