@@ -22,8 +22,7 @@ import math
 
 import torch
 
-from htr_lightning.decoding.lm_cli import datamodule_from_config, split_outputs
-from htr_lightning.metrics import ErrorRate
+from htr_lightning.decoding.lm_cli import datamodule_from_config, evaluate, split_outputs
 from htr_lightning.models import load_system
 
 
@@ -70,14 +69,11 @@ def main() -> None:
     for combo, mode in combos:
         cells = []
         for split in args.splits:
-            cer, wer = ErrorRate("char"), ErrorRate("word")
-            for batches in zip(*(outputs[i, split] for i in combo)):
-                log_probs = average([b[0] for b in batches], mode) if len(combo) > 1 else batches[0][0]
-                lengths, texts = batches[0][1], batches[0][2]
-                preds = [h.text for h in first.decode(log_probs, lengths)]
-                cer.update(preds, texts)
-                wer.update(preds, texts)
-            cells += [f"{100 * float(cer.compute()):.2f} %", f"{100 * float(wer.compute()):.2f} %"]
+            combined = [(average([b[0] for b in batches], mode) if len(combo) > 1 else batches[0][0],
+                         batches[0][1], batches[0][2])
+                        for batches in zip(*(outputs[i, split] for i in combo))]
+            cer, wer, _ = evaluate(first.decoder, combined, first.tokenizer)
+            cells += [f"{100 * cer:.2f} %", f"{100 * wer:.2f} %"]
         print(f"| {'+'.join(names[i] for i in combo)} | {mode} | " + " | ".join(cells) + " |")
 
 

@@ -12,7 +12,8 @@ from htr_lightning.cli import main
 
 pytestmark = pytest.mark.usefixtures("cli_argv")
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "experiment").glob("*.yaml"))
+ROOT = Path(__file__).resolve().parents[1] / "configs" / "experiment"
+CONFIGS = sorted(ROOT.glob("*.yaml"))
 
 
 def resolved(config: Path, capsys, *extra: str) -> dict:
@@ -45,17 +46,16 @@ def test_config_parses_and_keeps_its_settings(config, capsys):
 
 def test_hooker_student_pools_match_the_teacher(capsys):
     """Distillation needs one frame per frame: the student must pool widths as the teacher does."""
-    root = CONFIGS[0].parent
-    teacher = resolved(root / "teacher_hooker.yaml", capsys)["model"]["init_args"]
-    student = resolved(root / "student_hooker.yaml", capsys)["model"]["init_args"]
+    teacher = resolved(ROOT / "teacher_hooker.yaml", capsys)["model"]["init_args"]
+    student = resolved(ROOT / "student_hooker.yaml", capsys)["model"]["init_args"]
     assert teacher["pools"] == student["pools"] == [[2, 2], [2, 2], [2, 1], [2, 1], None]
     assert student["teacher_ckpt"] == "checkpoints/teacher_hooker/best.ckpt"
 
 
-def test_the_spec_design_is_one_override_away(capsys):
+def test_the_spec_design_is_three_options_away(capsys):
     """The README's 8-px commands start from teacher_hooker.yaml with these three options."""
     args = ("--model.pools", "[[2,2],[2,2],[2,2],[2,1],null]", "--model.feature_dropout", "0",
             "--model.head_dropout", "0")
-    init = resolved(CONFIGS[0].parent / "teacher_hooker.yaml", capsys, *args)["model"]["init_args"]
+    init = resolved(ROOT / "teacher_hooker.yaml", capsys, *args)["model"]["init_args"]
     assert init["pools"] == [[2, 2], [2, 2], [2, 2], [2, 1], None]
     assert init["feature_dropout"] == init["head_dropout"] == 0
