@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
 from fixtures_layouts import (
     BENTHAM_TEST,
     BENTHAM_TRAIN,
@@ -241,6 +242,70 @@ def test_pagexml_vertical_line_is_turned(geo):
     assert pixels(lines["geo/vertical"]).shape == (41, 281)
 
 
+def test_pagexml_rectify_keeps_a_level_line_as_its_crop(tmp_path):
+    root = make_pagexml(tmp_path)
+    plain = by_id(read_pagexml(root, "train", workers=1))
+    straight = by_id(read_pagexml(root, "train", rectify=True, workers=1))
+    assert list(straight) == list(plain)
+    # band 30 above and 10 below the baseline (30..290 at y 50), 4 px (0.1 x 40) beyond its
+    # ends: page rows 20..59, columns 26..293, i.e. the bbox crop (x 20.., y 20..) shifted by 6
+    l1 = pixels(straight["geo/l1"])
+    assert l1.shape == (40, 268)
+    assert np.abs(l1.astype(int) - pixels(plain["geo/l1"])[:40, 6:274]).max() <= 1
+    # a line without a baseline is cropped as before
+    assert np.array_equal(pixels(straight["geo/triangle"]), pixels(plain["geo/triangle"]))
+
+
+SLOPE = 0.15  # about 8.5 degrees, as steep as the steepest Hooker test lines
+
+
+def _sloped_page(root: Path, reverse: bool = False) -> Path:
+    """One page with three parallel lines sloping up to the right, 60 px apart; the middle
+    one's ink is a stroke 5 to 20 px above its baseline, its neighbours' ink reaches 8 px
+    below theirs. Polygons run 30 px above and 10 below each baseline."""
+    size = (700, 400)
+    image = Image.new("L", size, 200)
+    draw = ImageDraw.Draw(image)
+
+    def y_at(start: float, x: float) -> float:
+        return start - SLOPE * (x - 50)
+
+    lines = []
+    for name, start in (("above", 190), ("middle", 250), ("below", 310)):
+        top, bottom = (-20, -5) if name == "middle" else (-20, 8)
+        draw.polygon([(80, y_at(start, 80) + top), (620, y_at(start, 620) + top),
+                      (620, y_at(start, 620) + bottom), (80, y_at(start, 80) + bottom)], fill=0)
+        baseline = [(50, y_at(start, 50)), (350, y_at(start, 350)), (650, y_at(start, 650))]
+        polygon = [(40, y_at(start, 40) - 30), (660, y_at(start, 660) - 30),
+                   (660, y_at(start, 660) + 10), (40, y_at(start, 40) + 10)]
+        lines.append(PageLine(name, polygon, baseline[::-1] if reverse else baseline, name))
+    (root / "pages").mkdir(parents=True)
+    image.save(root / "pages" / "s.png")
+    (root / "pages" / "s.xml").write_text(page_xml("s.png", lines, size), encoding="utf-8")
+    (root / "train.lst").write_text("s\n", encoding="utf-8")
+    return root
+
+
+def test_pagexml_rectify_straightens_a_sloping_line(tmp_path):
+    root = _sloped_page(tmp_path / "ds")
+    tilted = pixels(by_id(read_pagexml(root, "train", workers=1))["s/middle"])
+    assert tilted.shape[0] > 120  # the bbox of a 40-px band rising 93 px
+    strip = pixels(by_id(read_pagexml(root, "train", rectify=True, workers=1))["s/middle"])
+    # 30 + 10 px high; the baseline's 600 px run at slope 0.15 is 606.7 px long, plus 4 at each end
+    assert strip.shape == (40, 615)
+    inner = strip[:, 40:-40]
+    assert (inner[12:24] < 60).all()  # the stroke 5..20 px above the baseline fills its rows...
+    assert (inner[:8] > 150).all() and (inner[28:] > 150).all()  # ...and nothing else is ink
+    assert (strip[:, :20] > 150).all()  # paper before the stroke starts at x 80
+
+
+def test_pagexml_rectify_reads_a_baseline_stored_right_to_left(tmp_path):
+    forward = read_pagexml(_sloped_page(tmp_path / "a"), "train", rectify=True, workers=1)
+    backward = read_pagexml(_sloped_page(tmp_path / "b", reverse=True), "train", rectify=True,
+                            workers=1)
+    assert [pixels(s).tolist() for s in backward] == [pixels(s).tolist() for s in forward]
+
+
 def test_pagexml_image_fallback_ids_with_spaces_and_lookup_order(tmp_path):
     root = make_pagexml(tmp_path)
     val = read_pagexml(root, "val", workers=1)
@@ -302,6 +367,8 @@ def test_pagexml_cache_gives_identical_samples(tmp_path, monkeypatch):
     os.utime(xml, ns=(xml.stat().st_atime_ns, xml.stat().st_mtime_ns + 10**9))
     read_pagexml(root, "train", cache_dir=str(cache), workers=1)
     assert len(list(cache.glob("*.npz"))) == 3
+    read_pagexml(root, "train", cache_dir=str(cache), rectify=True, workers=1)
+    assert len(list(cache.glob("*.npz"))) == 4
 
 
 def test_pagexml_threads_give_the_same_result(tmp_path):

@@ -221,6 +221,7 @@ class _Geometry:
     descender: float | None = None
     rotate_vertical: bool = True
     pad_to_band: bool = True
+    rectify: bool = False
 
 
 # Used only when a page has no line with a trustworthy polygon to measure the band from: the
@@ -272,6 +273,10 @@ class _Measured:
     ascent: float | None = None  # baseline (median) minus polygon top
     descent: float | None = None
     turn: int = 0
+    # The polygon's reach above and below the baseline measured at each vertex's own x (the
+    # baseline interpolated there), so that a sloping line's band is not inflated by its slope.
+    local_ascent: float | None = None
+    local_descent: float | None = None
 
 
 def _measure(line: _Line, geometry: _Geometry, size: tuple[int, int]) -> _Measured:
@@ -293,7 +298,25 @@ def _measure(line: _Line, geometry: _Geometry, size: tuple[int, int]) -> _Measur
         if m.baseline is not None:
             level = float(np.median(m.baseline[:, 1]))
             m.ascent, m.descent = level - top, bottom - level
+            m.local_ascent, m.local_descent = _local_reach(m.polygon, m.baseline)
     return m
+
+
+def _local_reach(polygon: np.ndarray, baseline: np.ndarray) -> tuple[float | None, float | None]:
+    """How far the polygon reaches above and below the baseline, each vertex compared with the
+    baseline at its own x (beyond the baseline's ends, its end segments carried on); (None, None)
+    for a baseline with no horizontal extent."""
+    order = np.argsort(baseline[:, 0], kind="stable")
+    bx, by = baseline[order, 0], baseline[order, 1]
+    if bx[-1] - bx[0] < 1:
+        return None, None
+    x = polygon[:, 0]
+    level = np.interp(x, bx, by)
+    first, last = np.argmax(bx > bx[0]), len(bx) - 1 - np.argmax(bx[::-1] < bx[-1])
+    level = np.where(x < bx[0], by[0] + (x - bx[0]) * (by[first] - by[0]) / (bx[first] - bx[0]), level)
+    level = np.where(x > bx[-1], by[-1] + (x - bx[-1]) * (by[-1] - by[last]) / (bx[-1] - bx[last]), level)
+    offsets = polygon[:, 1] - level
+    return max(float(-offsets.min()), 0.0), max(float(offsets.max()), 0.0)
 
 
 def _page_band(measured: list[_Measured], geometry: _Geometry) -> tuple[float | None, float, float]:
@@ -312,8 +335,14 @@ def _page_band(measured: list[_Measured], geometry: _Geometry) -> tuple[float | 
         ordinary = [m for m in measured if m.polygon is not None and low <= m.height <= high]
         if ordinary:
             line_height = float(np.median([m.height for m in ordinary]))
-            ascents = [m.ascent for m in ordinary if m.ascent is not None]
-            descents = [m.descent for m in ordinary if m.descent is not None]
+            if geometry.rectify:  # the band is measured across the line, not the page
+                ascents = [m.local_ascent for m in ordinary if m.local_ascent is not None]
+                descents = [m.local_descent for m in ordinary if m.local_descent is not None]
+                if ascents:  # a sloping line's bounding box is taller than the line
+                    line_height = float(np.median(np.add(ascents, descents)))
+            else:
+                ascents = [m.ascent for m in ordinary if m.ascent is not None]
+                descents = [m.descent for m in ordinary if m.descent is not None]
             if ascents:
                 ascent, descent = float(np.median(ascents)), float(np.median(descents))
     levels = sorted(
@@ -350,6 +379,69 @@ def _band_polygon(baseline: np.ndarray, ascent: float, descent: float, pad: floa
     upper = base - np.array([0.0, ascent])
     lower = (base + np.array([0.0, descent]))[::-1]
     return np.concatenate([upper, lower])
+
+
+def _rectified(image: Image.Image, shapes: list[np.ndarray], baseline: np.ndarray, ascent: float,
+               descent: float, pad: float) -> Image.Image | None:
+    """The line straightened along its baseline: a strip ``ascent + descent`` pixels high whose
+    row ``ascent`` is the baseline and whose columns follow the baseline's arc length (reaching
+    ``pad`` beyond its ends), pixels outside ``shapes`` white; None for a baseline of one point.
+
+    Kraken cuts baseline-segmented lines the same way; a bounding-box crop of a line sloping by
+    a few degrees holds pieces of its neighbours and a tilted line: on the Hooker test split
+    the best teacher reads the lines sloping 3 degrees or more at 23.4 % CER, the others at
+    13.7 % (README, "Straightened lines"). Written with PIL's mesh transform rather than taken from
+    Kraken, whose line extraction pulls in scikit-image and shapely for the same few steps.
+    """
+    base = baseline[np.r_[True, np.any(np.diff(baseline, axis=0) != 0, axis=1)]]
+    if len(base) < 2:
+        return None
+    if base[-1, 0] < base[0, 0]:  # stored right to left
+        base = base[::-1]
+    first, last = base[1] - base[0], base[-1] - base[-2]
+    base = base.astype(float).copy()
+    base[0] -= pad * first / np.linalg.norm(first)
+    base[-1] += pad * last / np.linalg.norm(last)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(base, axis=0), axis=1))])
+    length = float(arc[-1])
+    height = max(int(round(ascent + descent)), 2)
+    width = max(int(round(length)), 2)
+
+    def along(distance: np.ndarray) -> np.ndarray:
+        return np.stack([np.interp(distance, arc, base[:, 0]), np.interp(distance, arc, base[:, 1])], 1)
+
+    # Knots every quarter of the line height; the direction at each is taken over one line
+    # height of baseline, so that a kink in the polyline does not fold the strip.
+    columns = np.unique(np.round(np.linspace(0, width, max(2, math.ceil(width / max(height / 4, 4)) + 1))))
+    distance = columns * (length / width)
+    points = along(distance)
+    reach = height / 2
+    tangent = along(np.clip(distance + reach, 0, length)) - along(np.clip(distance - reach, 0, length))
+    norms = np.linalg.norm(tangent, axis=1, keepdims=True)
+    tangent = np.where(norms > 0, tangent / np.maximum(norms, 1e-9), np.array([1.0, 0.0]))
+    up = np.stack([tangent[:, 1], -tangent[:, 0]], 1)  # image y points down
+    tops, bottoms = points + ascent * up, points - descent * up
+    corners = np.concatenate([tops, bottoms])
+    x0 = max(math.floor(float(corners[:, 0].min())), 0)
+    y0 = max(math.floor(float(corners[:, 1].min())), 0)
+    x1 = min(math.floor(float(corners[:, 0].max())) + 1, image.width)
+    y1 = min(math.floor(float(corners[:, 1].max())) + 1, image.height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    mask = Image.new("L", (x1 - x0, y1 - y0), 0)
+    draw = ImageDraw.Draw(mask)
+    for shape in shapes:
+        draw.polygon([(float(x) - x0, float(y) - y0) for x, y in shape], fill=255)
+    region = Image.composite(image.crop((x0, y0, x1, y1)), Image.new("L", mask.size, 255), mask)
+    offset = np.array([x0, y0], dtype=float)
+    tops, bottoms = tops - offset, bottoms - offset
+    mesh = [
+        ((int(columns[k]), 0, int(columns[k + 1]), height),
+         (*tops[k], *bottoms[k], *bottoms[k + 1], *tops[k + 1]))
+        for k in range(len(columns) - 1)
+    ]
+    return region.transform((width, height), Image.Transform.MESH, mesh,
+                            resample=Image.Resampling.BILINEAR, fillcolor=255)
 
 
 # No scan is a billion pixels across: a coordinate beyond this (a 400-digit number in the XML,
@@ -448,6 +540,16 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
                 Image.Transpose.ROTATE_90 if m.turn == 1 else Image.Transpose.ROTATE_270
             )
         image = turned[m.turn]
+        if geometry.rectify and band is not None:
+            up, down = ascent, descent
+            if m.polygon is not None and any(shape is m.polygon for shape in shapes):
+                # an ordinary polygon reaching further than the page's band keeps its ink
+                up = max(up, m.local_ascent or 0.0)
+                down = max(down, m.local_descent or 0.0)
+            strip = _rectified(image, shapes, m.baseline, up, down, _BAND_END_PAD * (up + down))
+            if strip is not None:
+                crops.append((line.line_id, _encode_png(strip)))
+                continue
         corners = np.concatenate(shapes)
         # PAGE coordinates are pixel indices: the box includes its last row and column.
         x0 = max(math.floor(float(corners[:, 0].min())), 0)

@@ -258,6 +258,7 @@ def read_pagexml(
     descender: float | None = None,
     rotate_vertical: bool = True,
     pad_to_band: bool = True,
+    rectify: bool = False,
     workers: int = 1,
     allow_outside_root: bool = False,
 ) -> list[LineSample]:
@@ -296,6 +297,10 @@ def read_pagexml(
         descender: Band depth below the baseline in pixels (default: measured per page).
         rotate_vertical: Turn lines whose baseline runs vertically so they read left to right.
         pad_to_band: Unite every polygon with its baseline band (True), or only thin ones.
+        rectify: Straighten each line along its baseline (as Kraken cuts lines) instead of
+            cropping its bounding box: the band is then measured across the line, and the
+            crop is a strip whose rows run parallel to the baseline. Lines without a usable
+            baseline are cropped as before.
         workers: Threads cutting pages in parallel (1: serial, measured as fast on 2 cores).
         allow_outside_root: Accept images resolving outside ``root`` (symlink farms you trust).
 
@@ -314,7 +319,7 @@ def read_pagexml(
                 "writes the three lists for a collection that has none")
     page_ids = _read_list(list_file, expected)
     geometry = _Geometry(
-        thin_ratio, outlier_ratio, ascender, descender, rotate_vertical, pad_to_band
+        thin_ratio, outlier_ratio, ascender, descender, rotate_vertical, pad_to_band, rectify
     )
     with _ReportScope(report, f"pagexml {split}") as rep:
         pages = []
