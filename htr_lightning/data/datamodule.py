@@ -321,6 +321,8 @@ class HTRDataModule(pl.LightningDataModule):
         :class:`~htr_lightning.inference.pages.PredictLines`)."""
         sources = [s.path for s in self.samples("predict")]
         workers = min(self.num_workers, len(sources))
-        return DataLoader(PredictLines(sources, self.preprocess, self.segment),
+        # PAGE-XML inputs are cut as the training pages were (reader_options rectify).
+        rectify = bool(self.reader_options.get("rectify", False))
+        return DataLoader(PredictLines(sources, self.preprocess, self.segment, rectify),
                           batch_size=self.eval_batch_size, num_workers=workers,
                           pin_memory=self.pin_memory, collate_fn=collate_predict)

@@ -64,13 +64,15 @@ class SourceLine:
 
 
 def source_lines(source: str | Path | Image.Image, segment: str = "auto",
-                 name: str | None = None) -> list[SourceLine]:
+                 name: str | None = None, rectify: bool = False) -> list[SourceLine]:
     """The lines of one input in reading order.
 
     Args:
         source: An image path, a PAGE-XML/ALTO path, or a PIL image.
         segment: One of :data:`SEGMENT_MODES`.
         name: Name used in results (default: the path, or "image" for a PIL image).
+        rectify: Straighten PAGE-XML lines along their baselines
+            (:func:`~htr_lightning.data.readers.pagexml.read_page_file`).
 
     Raises:
         BadSampleError: naming the file, when it cannot be read.
@@ -86,7 +88,7 @@ def source_lines(source: str | Path | Image.Image, segment: str = "auto",
         if path.suffix.lower() == ".xml":
             report = SkipReport(f"pagexml {path.name}")
             try:
-                samples = read_page_file(path, report)
+                samples = read_page_file(path, report, rectify=rectify)
             except Exception as err:  # any parse or image error of this one file
                 raise BadSampleError(f"{path}: cannot read PAGE-XML ({err})") from err
             report.log()
@@ -116,22 +118,25 @@ class PredictLines(IterableDataset):
         sources: Image or PAGE-XML paths.
         preprocess: The model's preprocessing (shared with training).
         segment: One of :data:`SEGMENT_MODES`.
+        rectify: Straighten PAGE-XML lines along their baselines (as the training data was cut
+            with ``reader_options: {rectify: true}``).
     """
 
     def __init__(self, sources: Sequence[str], preprocess: LinePreprocessor,
-                 segment: str = "auto") -> None:
+                 segment: str = "auto", rectify: bool = False) -> None:
         if segment not in SEGMENT_MODES:
             raise ValueError(f"segment must be one of {SEGMENT_MODES}, not {segment!r}")
         self.sources = list(sources)
         self.preprocess = preprocess
         self.segment = segment
+        self.rectify = rectify
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
         mine = self.sources if worker is None else self.sources[worker.id::worker.num_workers]
         for source in mine:
             try:
-                lines = source_lines(source, self.segment)
+                lines = source_lines(source, self.segment, rectify=self.rectify)
             except BadSampleError as err:
                 log.warning("skipping %s", err)
                 yield _empty(source, str(err))
@@ -246,6 +251,7 @@ def transcribe_sources(
     segment: str = "auto",
     batch_size: int = 16,
     width_multiple: int = WIDTH_MULTIPLE,
+    rectify: bool = False,
 ) -> Transcription | list[Transcription]:
     """Splits inputs into lines, recognises them in batches and puts each input back together;
     shared by :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` and the
@@ -258,6 +264,7 @@ def transcribe_sources(
         segment: One of :data:`SEGMENT_MODES`.
         batch_size: Lines per batch.
         width_multiple: Batch width rounding (as in training).
+        rectify: Straighten PAGE-XML lines along their baselines.
 
     Returns:
         One :class:`Transcription` for a single input, else a list in input order.
@@ -266,7 +273,7 @@ def transcribe_sources(
     items = [sources] if single else list(sources)
     names = [f"<image {i}>" if isinstance(item, Image.Image) else str(item)
              for i, item in enumerate(items)]
-    lines = [line for item, name in zip(items, names) for line in source_lines(item, segment, name)]
+    lines = [line for item, name in zip(items, names) for line in source_lines(item, segment, name, rectify)]
     assembler, results = PageAssembler(), {}
     for start in range(0, len(lines), batch_size):
         batch = lines_to_batch(lines[start : start + batch_size], preprocess, width_multiple)

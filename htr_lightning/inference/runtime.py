@@ -117,7 +117,7 @@ class OnnxRecognizer:
         return torch.from_numpy(log_probs), torch.from_numpy(lengths)
 
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   segment: str = "auto", batch_size: int = 16
+                   segment: str = "auto", batch_size: int = 16, rectify: bool = False
                    ) -> Transcription | list[Transcription]:
         """Transcribes line, paragraph or page images (or PAGE-XML files), as
         :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` does (shared
@@ -127,6 +127,8 @@ class OnnxRecognizer:
             images: A path or PIL image, or a list of them.
             segment: One of :data:`~htr_lightning.inference.pages.SEGMENT_MODES`.
             batch_size: Lines per forward pass.
+            rectify: Straighten PAGE-XML lines along their baselines (for a model trained
+                with ``reader_options: {rectify: true}``).
 
         Returns:
             One :class:`~htr_lightning.inference.pages.Transcription` for a single input, else
@@ -135,4 +137,4 @@ class OnnxRecognizer:
         return transcribe_sources(
             images, lambda batch: self.decoder(*self.forward(batch["images"], batch["widths"]),
                                                self.tokenizer),
-            self.preprocess, segment, batch_size, self.width_multiple)
+            self.preprocess, segment, batch_size, self.width_multiple, rectify)

@@ -25,9 +25,10 @@ from fixtures_layouts import (
 )
 from shared_data import HOOKER
 
-from htr_lightning.data import readers
+from htr_lightning.data import HTRDataModule, readers
 from htr_lightning.data.readers import READERS, read_bentham, read_folder, read_iam, read_pagexml
 from htr_lightning.data.samples import SkipReport
+from htr_lightning.inference.pages import source_lines
 
 
 
@@ -304,6 +305,23 @@ def test_pagexml_rectify_reads_a_baseline_stored_right_to_left(tmp_path):
     backward = read_pagexml(_sloped_page(tmp_path / "b", reverse=True), "train", rectify=True,
                             workers=1)
     assert [pixels(s).tolist() for s in backward] == [pixels(s).tolist() for s in forward]
+
+
+def test_predict_cuts_pages_as_the_training_reader_options_say(tmp_path):
+    root = _sloped_page(tmp_path / "ds")
+    xml = str(root / "pages" / "s.xml")
+    strips = [pixels(s) for s in read_pagexml(root, "train", rectify=True, workers=1)]
+    assert [np.asarray(x.image).tolist() for x in source_lines(xml, rectify=True)] == \
+        [strip.tolist() for strip in strips]
+    for rectify, height in ((True, 40), (False, 64)):
+        dm = HTRDataModule(dataset="pagexml", predict_paths=[xml], height=height,
+                           reader_options={"rectify": rectify})
+        dm.setup("predict")
+        batch = next(iter(dm.predict_dataloader()))
+        # straightened: 615 px at height 40; a bounding-box crop is over 120 px high, so at
+        # height 64 it is far narrower than its 621 px
+        widths = batch["widths"].tolist()
+        assert (widths == [615] * 3) if rectify else all(w < 400 for w in widths)
 
 
 def test_pagexml_image_fallback_ids_with_spaces_and_lookup_order(tmp_path):

@@ -338,10 +338,13 @@ def read_pagexml(
 
 
 def read_page_file(xml_path: str | Path, report: SkipReport | None = None,
-                   allow_outside_root: bool = False) -> list[LineSample]:
+                   allow_outside_root: bool = False, rectify: bool = False) -> list[LineSample]:
     """The text lines of one PAGE-XML or ALTO file, cut as :func:`read_pagexml` cuts them, for
     transcribing a page along its own line polygons. Lines without a transcription are kept
     (with text ""); the page image may sit beside the XML or one folder up.
+
+    ``rectify`` straightens each line along its baseline, as :func:`read_pagexml` does: a
+    model trained on straightened lines wants its pages cut the same way.
 
     Returns:
         Samples with ids ``<xml stem>/<TextLine id>``, in document (reading) order.
@@ -354,5 +357,5 @@ def read_page_file(xml_path: str | Path, report: SkipReport | None = None,
                            rep, require_text=False)
         if page is None or not page.lines:
             return []
-        return _cut_pages([page], _Geometry(), None, 1,
+        return _cut_pages([page], _Geometry(rectify=rectify), None, 1,
                           "pagexml", rep)
