@@ -381,6 +381,25 @@ def _band_polygon(baseline: np.ndarray, ascent: float, descent: float, pad: floa
     return np.concatenate([upper, lower])
 
 
+def _masked_box(image: Image.Image, shapes: list[np.ndarray], corners: np.ndarray
+                ) -> tuple[Image.Image, int, int] | None:
+    """The box around ``corners`` clipped to the image, pixels outside ``shapes`` painted white,
+    with its top-left corner; None when less than 2 px of it lie on the page."""
+    # PAGE coordinates are pixel indices: the box includes its last row and column.
+    x0 = max(math.floor(float(corners[:, 0].min())), 0)
+    y0 = max(math.floor(float(corners[:, 1].min())), 0)
+    x1 = min(math.floor(float(corners[:, 0].max())) + 1, image.width)
+    y1 = min(math.floor(float(corners[:, 1].max())) + 1, image.height)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    mask = Image.new("L", (x1 - x0, y1 - y0), 0)
+    draw = ImageDraw.Draw(mask)
+    for shape in shapes:
+        draw.polygon([(float(x) - x0, float(y) - y0) for x, y in shape], fill=255)
+    white = Image.new("L", mask.size, 255)
+    return Image.composite(image.crop((x0, y0, x1, y1)), white, mask), x0, y0
+
+
 def _rectified(image: Image.Image, shapes: list[np.ndarray], baseline: np.ndarray, ascent: float,
                descent: float, pad: float) -> Image.Image | None:
     """The line straightened along its baseline: a strip ``ascent + descent`` pixels high whose
@@ -421,18 +440,10 @@ def _rectified(image: Image.Image, shapes: list[np.ndarray], baseline: np.ndarra
     tangent = np.where(norms > 0, tangent / np.maximum(norms, 1e-9), np.array([1.0, 0.0]))
     up = np.stack([tangent[:, 1], -tangent[:, 0]], 1)  # image y points down
     tops, bottoms = points + ascent * up, points - descent * up
-    corners = np.concatenate([tops, bottoms])
-    x0 = max(math.floor(float(corners[:, 0].min())), 0)
-    y0 = max(math.floor(float(corners[:, 1].min())), 0)
-    x1 = min(math.floor(float(corners[:, 0].max())) + 1, image.width)
-    y1 = min(math.floor(float(corners[:, 1].max())) + 1, image.height)
-    if x1 - x0 < 2 or y1 - y0 < 2:
+    boxed = _masked_box(image, shapes, np.concatenate([tops, bottoms]))
+    if boxed is None:
         return None
-    mask = Image.new("L", (x1 - x0, y1 - y0), 0)
-    draw = ImageDraw.Draw(mask)
-    for shape in shapes:
-        draw.polygon([(float(x) - x0, float(y) - y0) for x, y in shape], fill=255)
-    region = Image.composite(image.crop((x0, y0, x1, y1)), Image.new("L", mask.size, 255), mask)
+    region, x0, y0 = boxed
     offset = np.array([x0, y0], dtype=float)
     tops, bottoms = tops - offset, bottoms - offset
     mesh = [
@@ -550,22 +561,11 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
             if strip is not None:
                 crops.append((line.line_id, _encode_png(strip)))
                 continue
-        corners = np.concatenate(shapes)
-        # PAGE coordinates are pixel indices: the box includes its last row and column.
-        x0 = max(math.floor(float(corners[:, 0].min())), 0)
-        y0 = max(math.floor(float(corners[:, 1].min())), 0)
-        x1 = min(math.floor(float(corners[:, 0].max())) + 1, image.width)
-        y1 = min(math.floor(float(corners[:, 1].max())) + 1, image.height)
-        if x1 - x0 < 2 or y1 - y0 < 2:
+        boxed = _masked_box(image, shapes, np.concatenate(shapes))
+        if boxed is None:
             skipped.append((BAD_POLYGON, f"{label} (outside the page)"))
             continue
-        mask = Image.new("L", (x1 - x0, y1 - y0), 0)
-        draw = ImageDraw.Draw(mask)
-        for shape in shapes:
-            draw.polygon([(float(x) - x0, float(y) - y0) for x, y in shape], fill=255)
-        crop = image.crop((x0, y0, x1, y1))
-        white = Image.new("L", crop.size, 255)
-        crops.append((line.line_id, _encode_png(Image.composite(crop, white, mask))))
+        crops.append((line.line_id, _encode_png(boxed[0])))
     return crops, skipped
 
 
