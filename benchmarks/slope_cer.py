@@ -16,7 +16,7 @@ from pathlib import Path
 
 from htr_lightning.analysis import read_records
 from htr_lightning.data.readers.common import SkipReport
-from htr_lightning.data.readers.pagexml import _parse_page, page_folders
+from htr_lightning.data.readers.pagexml import _parse_page, find_page_xml
 
 EDGES = (0.0, 1.0, 2.0, 3.0, 5.0, 90.0)
 
@@ -27,7 +27,9 @@ def slopes(root: Path, split: str) -> dict[str, float]:
     for page_id in (root / f"{split}.lst").read_text(encoding="utf-8").splitlines():
         if not page_id.strip():
             continue
-        xml = next(f / f"{page_id}.xml" for f in page_folders(root) if (f / f"{page_id}.xml").is_file())
+        xml = find_page_xml(root, page_id)
+        if xml is None:
+            raise SystemExit(f"{root}/{split}.lst names page {page_id!r}, whose XML is not in {root}")
         page = _parse_page(xml, page_id, root, False, SkipReport(split))
         for line in page.lines if page else []:
             if line.baseline is not None and len(line.baseline) >= 2:

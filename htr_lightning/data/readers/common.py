@@ -527,6 +527,7 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
         if m.baseline is not None and line_height is not None:
             band = _band_polygon(m.baseline, ascent, descent, _BAND_END_PAD * line_height)
         shapes: list[np.ndarray]
+        keeps_polygon = m.polygon is not None  # False where the band replaces an outlier
         if m.polygon is None:
             shapes = [band] if band is not None else []
         elif band is not None and line_height is not None:
@@ -536,7 +537,7 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
             )
             limit = geometry.outlier_ratio * line_height
             if m.height > limit or overhang > limit:
-                shapes = [band]
+                shapes, keeps_polygon = [band], False
             elif geometry.pad_to_band or m.height < geometry.thin_ratio * line_height:
                 shapes = [m.polygon, band]
             else:
@@ -553,7 +554,7 @@ def _cut_page(page: _Page, geometry: _Geometry) -> tuple[_Crops, _Skips]:
         image = turned[m.turn]
         if geometry.rectify and band is not None:
             up, down = ascent, descent
-            if m.polygon is not None and any(shape is m.polygon for shape in shapes):
+            if keeps_polygon:
                 # an ordinary polygon reaching further than the page's band keeps its ink
                 up = max(up, m.local_ascent or 0.0)
                 down = max(down, m.local_descent or 0.0)

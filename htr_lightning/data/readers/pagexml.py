@@ -246,6 +246,13 @@ def page_folders(root: Path) -> tuple[Path, Path, Path]:
     return (root / "pages", root / "page", root)
 
 
+def find_page_xml(root: Path, page_id: str) -> Path | None:
+    """``<page_id>.xml`` in the first of :func:`page_folders` that has it, else None."""
+    return next(
+        (f / f"{page_id}.xml" for f in page_folders(root) if (f / f"{page_id}.xml").is_file()), None
+    )
+
+
 def read_pagexml(
     root: str | Path,
     split: str,
@@ -323,12 +330,11 @@ def read_pagexml(
     )
     with _ReportScope(report, f"pagexml {split}") as rep:
         pages = []
-        folders = page_folders(root)
         for page_id in sorted(page_ids):
-            candidates = [folder / f"{page_id}.xml" for folder in folders]
-            xml_path = next((c for c in candidates if c.is_file()), None)
+            xml_path = find_page_xml(root, page_id)
             if xml_path is None:
-                where = f"{candidates[0]} (nor in page/ or the root; in {list_file.name})"
+                expected_xml = page_folders(root)[0] / f"{page_id}.xml"
+                where = f"{expected_xml} (nor in page/ or the root; in {list_file.name})"
                 rep.add(NOT_LISTED, where)
                 continue
             page = _parse_page(xml_path, page_id, root, allow_outside_root, rep)
