@@ -321,8 +321,10 @@ class HTRDataModule(pl.LightningDataModule):
         :class:`~htr_lightning.inference.pages.PredictLines`)."""
         sources = [s.path for s in self.samples("predict")]
         workers = min(self.num_workers, len(sources))
-        # PAGE-XML inputs are cut as the training pages were (reader_options rectify).
-        rectify = bool(self.reader_options.get("rectify", False))
+        # PAGE-XML inputs are cut as the training pages were: reader_options rectify where
+        # the config says, else as the model trained (its rectified_lines, kept in checkpoints).
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        rectify = bool(self.reader_options.get("rectify", getattr(model, "rectified_lines", False)))
         return DataLoader(PredictLines(sources, self.preprocess, self.segment, rectify),
                           batch_size=self.eval_batch_size, num_workers=workers,
                           pin_memory=self.pin_memory, collate_fn=collate_predict)

@@ -56,7 +56,8 @@ def export_metadata(system: CTCSystem) -> dict:
     Keys: ``format``, ``format_version``, ``htr_lightning_version``, ``class_path``,
     ``hyperparameters`` (the system's, without Lightning CLI entries such as ``_class_path``),
     ``charset``, ``blank``, ``num_classes``, ``preprocessing`` (``height``, ``fixed_width``,
-    ``max_width``, ``min_width``, ``width_multiple``, and the fixed conventions: grayscale, dark
+    ``max_width``, ``min_width``, ``width_multiple``, ``rectify`` (PAGE-XML lines straightened
+    along their baselines, as the model trained), and the fixed conventions: grayscale, dark
     ink on light paper normalised, ink = 1, background = 0, right padding) and ``decoder`` (its
     config dict).
 
@@ -86,6 +87,7 @@ def export_metadata(system: CTCSystem) -> dict:
             "max_width": pre.max_width,
             "min_width": pre.min_width,
             "width_multiple": WIDTH_MULTIPLE,
+            "rectify": system.rectified_lines,
             "grayscale": True,
             "polarity": "dark ink on light background, inverted when the median is below 128",
             "ink": 1.0,
@@ -225,6 +227,7 @@ def load_bundle(directory: str | Path, map_location: str | torch.device = "cpu")
     cls = resolve_system_class(meta["class_path"])
     system = cls(**meta["hyperparameters"])
     system.load_state_dict(load_file(str(directory / BUNDLE_WEIGHTS), device=str(map_location)))
+    system.rectified_lines = bool(meta["preprocessing"].get("rectify", False))
     return system.to(map_location).eval()
 
 

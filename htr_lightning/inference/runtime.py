@@ -117,7 +117,7 @@ class OnnxRecognizer:
         return torch.from_numpy(log_probs), torch.from_numpy(lengths)
 
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   segment: str = "auto", batch_size: int = 16, rectify: bool = False
+                   segment: str = "auto", batch_size: int = 16, rectify: bool | None = None
                    ) -> Transcription | list[Transcription]:
         """Transcribes line, paragraph or page images (or PAGE-XML files), as
         :meth:`CTCSystem.transcribe <htr_lightning.models.CTCSystem.transcribe>` does (shared
@@ -127,13 +127,15 @@ class OnnxRecognizer:
             images: A path or PIL image, or a list of them.
             segment: One of :data:`~htr_lightning.inference.pages.SEGMENT_MODES`.
             batch_size: Lines per forward pass.
-            rectify: Straighten PAGE-XML lines along their baselines (for a model trained
-                with ``reader_options: {rectify: true}``).
+            rectify: Straighten PAGE-XML lines along their baselines; None (the default) cuts
+                them as the training lines were (the metadata's ``preprocessing.rectify``).
 
         Returns:
             One :class:`~htr_lightning.inference.pages.Transcription` for a single input, else
             a list in input order.
         """
+        if rectify is None:  # exports older than this key were all of unstraightened lines
+            rectify = bool(self.metadata["preprocessing"].get("rectify", False))
         return transcribe_sources(
             images, lambda batch: self.decoder(*self.forward(batch["images"], batch["widths"]),
                                                self.tokenizer),

@@ -30,11 +30,16 @@ class HTRSystem(pl.LightningModule):
     Attributes:
         skipped_steps: Optimizer steps skipped for non-finite gradients in this run (also
             logged as ``train_skipped_steps`` and kept in checkpoints).
+        rectified_lines: Whether the model trained on PAGE-XML lines straightened along their
+            baselines (the data module's ``reader_options: {rectify: true}``). Checkpoints keep
+            it, and ``transcribe``, ``predict`` and exports cut PAGE-XML inputs the same way
+            by default. Set it yourself for a model trained on lines cut elsewhere.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.skipped_steps = 0
+        self.rectified_lines = False
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None,
@@ -80,12 +85,18 @@ class HTRSystem(pl.LightningModule):
         self.log("train_skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Keeps the skipped-step counter with the run."""
+        """Keeps the skipped-step counter with the run, and how its lines were cut."""
         checkpoint["htr_skipped_steps"] = self.skipped_steps
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        options = getattr(datamodule, "reader_options", None)
+        if isinstance(options, dict):  # the lines this run is training on
+            self.rectified_lines = bool(options.get("rectify", False))
+        checkpoint["htr_rectified_lines"] = self.rectified_lines
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Restores the skipped-step counter."""
+        """Restores the skipped-step counter and how the lines were cut."""
         self.skipped_steps = int(checkpoint.get("htr_skipped_steps", 0))
+        self.rectified_lines = bool(checkpoint.get("htr_rectified_lines", False))
 
     # ----------------------------------------------------------------------- evaluation
     # Systems keep their figures in ``self.metrics`` (:func:`~htr_lightning.metrics.split_metrics`)

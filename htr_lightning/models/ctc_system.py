@@ -202,7 +202,7 @@ class CTCSystem(HTRSystem):
     # ---------------------------------------------------------------------- inference
     @torch.inference_mode()
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   segment: str = "auto", batch_size: int = 16, rectify: bool = False
+                   segment: str = "auto", batch_size: int = 16, rectify: bool | None = None
                    ) -> Transcription | list[Transcription]:
         """Transcribes line, paragraph or page images (or PAGE-XML files) with the training
         preprocessing (shared code).
@@ -213,8 +213,8 @@ class CTCSystem(HTRSystem):
                 :data:`~htr_lightning.inference.pages.SEGMENT_MODES`): "auto" splits images
                 that look like pages and passes line images through whole.
             batch_size: Lines per forward pass.
-            rectify: Straighten PAGE-XML lines along their baselines (for a model trained
-                with ``reader_options: {rectify: true}``).
+            rectify: Straighten PAGE-XML lines along their baselines; None (the default) cuts
+                them as the training lines were (:attr:`rectified_lines`).
 
         Returns:
             One :class:`Transcription` per input (a single one for a single input): ``text``
@@ -227,7 +227,8 @@ class CTCSystem(HTRSystem):
             return transcribe_sources(
                 images, lambda batch: self.decode(*self(batch["images"].to(self.device),
                                                         batch["widths"])),
-                self.preprocess, segment, batch_size, rectify=rectify)
+                self.preprocess, segment, batch_size,
+                rectify=self.rectified_lines if rectify is None else rectify)
 
     # ------------------------------------------------------------------- fine-tuning
     def _class_layers(self) -> set[str]:

@@ -592,7 +592,7 @@ class TrOCRSystem(HTRSystem):
 
     @torch.inference_mode()
     def transcribe(self, images: str | Path | Image.Image | Sequence[str | Path | Image.Image],
-                   segment: str = "auto", batch_size: int = 16, rectify: bool = False
+                   segment: str = "auto", batch_size: int = 16, rectify: bool | None = None
                    ) -> Transcription | list[Transcription]:
         """Transcribes line, paragraph or page images (or PAGE-XML files) with the training
         preprocessing, as :meth:`CTCSystem.transcribe
@@ -603,8 +603,8 @@ class TrOCRSystem(HTRSystem):
             segment: How images become lines (see
                 :data:`~htr_lightning.inference.pages.SEGMENT_MODES`).
             batch_size: Lines per ``generate`` call.
-            rectify: Straighten PAGE-XML lines along their baselines (for a model trained
-                with ``reader_options: {rectify: true}``).
+            rectify: Straighten PAGE-XML lines along their baselines; None (the default) cuts
+                them as the training lines were (:attr:`rectified_lines`).
 
         Returns:
             One :class:`~htr_lightning.inference.pages.Transcription` per input (a single one
@@ -614,7 +614,8 @@ class TrOCRSystem(HTRSystem):
             return transcribe_sources(
                 images, lambda batch: self.generate(self.pixel_values(
                     batch["images"].to(self.device), batch["widths"])),
-                self.preprocess, segment, batch_size, rectify=rectify)
+                self.preprocess, segment, batch_size,
+                rectify=self.rectified_lines if rectify is None else rectify)
 
     # -------------------------------------------------------------------- checkpoints
     def is_trainable(self, key: str) -> bool:

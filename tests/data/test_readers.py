@@ -324,6 +324,46 @@ def test_predict_cuts_pages_as_the_training_reader_options_say(tmp_path):
         assert (widths == [615] * 3) if rectify else all(w < 400 for w in widths)
 
 
+def test_a_model_trained_on_straightened_lines_cuts_its_inputs_so(tmp_path, tiny_teacher_kwargs,
+                                                                   monkeypatch):
+    import lightning.pytorch as pl
+
+    from htr_lightning.inference import pages
+    from htr_lightning.inference.export import export_bundle, load_bundle
+    from htr_lightning.models import TeacherSystem
+
+    root = _sloped_page(tmp_path / "ds")
+    (root / "val.lst").write_text("s\n", encoding="utf-8")
+    xml = str(root / "pages" / "s.xml")
+    dm = HTRDataModule(dataset="pagexml", root=str(root), height=32, batch_size=3, augment=False,
+                       num_workers=0, reader_options={"rectify": True})
+    dm.setup("fit")
+    model = TeacherSystem(dm.charset, **tiny_teacher_kwargs)
+    assert model.rectified_lines is False  # until it trains on straightened lines
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    loaded = TeacherSystem.load_from_checkpoint(tmp_path / "m.ckpt")
+    assert loaded.rectified_lines is True
+
+    cut = []  # how each PAGE-XML input was read
+    read = pages.read_page_file
+    monkeypatch.setattr(pages, "read_page_file",
+                        lambda path, report=None, rectify=False: cut.append(rectify) or
+                        read(path, report, rectify=rectify))
+    loaded.transcribe(xml)  # as it trained
+    loaded.transcribe(xml, rectify=False)  # unless told
+    # predict with a config that does not say: as the model trained
+    dm_predict = HTRDataModule(dataset="pagexml", predict_paths=[xml], height=32, num_workers=0)
+    records = pl.Trainer(logger=False, enable_progress_bar=False).predict(loaded, datamodule=dm_predict)
+    assert len(records[0]) == 3
+    bundle = load_bundle(export_bundle(loaded, tmp_path / "bundle"))
+    bundle.transcribe(xml)
+    assert cut == [True, False, True, True]
+
+
 def test_pagexml_image_fallback_ids_with_spaces_and_lookup_order(tmp_path):
     root = make_pagexml(tmp_path)
     val = read_pagexml(root, "val", workers=1)
