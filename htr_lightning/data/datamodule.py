@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from htr_lightning.data.batching import (LineDataset, ResumableLoader, WidthBucketSampler, collate_lines,
                                          worker_init)
+from htr_lightning.data.pack import read_manifest
 from htr_lightning.data.readers import IMAGE_SUFFIXES, READERS, SPLITS
 from htr_lightning.data.samples import LineSample, SkipReport
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET, SyntheticLines
@@ -177,6 +178,18 @@ class HTRDataModule(pl.LightningDataModule):
         return self._samples[split]
 
     @property
+    def rectified_lines(self) -> bool:
+        """Whether the lines are straightened along their baselines: ``reader_options``
+        ``rectify`` where it is set, else, for a folder made by :mod:`htr_lightning.data.pack`,
+        the reader options it was packed with (its ``pack.json``)."""
+        if "rectify" in self.reader_options:
+            return bool(self.reader_options["rectify"])
+        if self.dataset == "folder" and self.root:
+            manifest = read_manifest(self.root) or {}
+            return bool(manifest.get("reader_options", {}).get("rectify", False))
+        return False
+
+    @property
     def charset(self) -> str:
         """The symbols the model should output: given, the synthetic alphabet, or every symbol
         of the training transcriptions."""
@@ -321,10 +334,13 @@ class HTRDataModule(pl.LightningDataModule):
         :class:`~htr_lightning.inference.pages.PredictLines`)."""
         sources = [s.path for s in self.samples("predict")]
         workers = min(self.num_workers, len(sources))
-        # PAGE-XML inputs are cut as the training pages were: reader_options rectify where
+        # PAGE-XML inputs are cut as the training lines were: reader_options rectify where
         # the config says, else as the model trained (its rectified_lines, kept in checkpoints).
         model = self.trainer.lightning_module if self.trainer is not None else None
-        rectify = bool(self.reader_options.get("rectify", getattr(model, "rectified_lines", False)))
+        if "rectify" in self.reader_options or model is None:
+            rectify = self.rectified_lines
+        else:
+            rectify = bool(getattr(model, "rectified_lines", False))
         return DataLoader(PredictLines(sources, self.preprocess, self.segment, rectify),
                           batch_size=self.eval_batch_size, num_workers=workers,
                           pin_memory=self.pin_memory, collate_fn=collate_predict)

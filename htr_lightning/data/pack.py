@@ -11,11 +11,19 @@ Hooker letters: 110 MB of page scans become the lines at 64 px), or to stop cutt
 every start. Augmentation then works on the packed pixels rather than the originals.
 ``--levels 16`` keeps 16 grey levels instead of 256, which makes the PNGs about 3x smaller
 (Hooker lines at 64 px: 10.0 KB -> 3.1 KB per line, measured on 200 train lines).
+``--reader_options '{"rectify": true}'`` passes options to the reader (here: PAGE-XML lines
+straightened along their baselines).
+
+``<out>/pack.json`` (:data:`MANIFEST`) records how the lines were made: dataset, height,
+levels, reader options and the lines per split. A model trained on the packed folder reads
+from it whether its lines were straightened (``rectified_lines``), so it cuts PAGE-XML inputs
+the same way at inference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -30,6 +38,26 @@ from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
 from htr_lightning.data.transforms import LinePreprocessor
 
 log = logging.getLogger("htr_lightning.data")
+
+MANIFEST = "pack.json"
+
+
+def read_manifest(root: str | Path) -> dict | None:
+    """``root/pack.json`` as written by :func:`main`; None where ``root`` has none.
+
+    Raises:
+        ValueError: naming the file, when it is not a JSON object.
+    """
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a pack manifest: {err}") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a pack manifest: a JSON object was expected")
+    return manifest
 
 
 def pack_lines(samples: Sequence[LineSample], folder: str | Path, height: int,
@@ -84,15 +112,33 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS)
     parser.add_argument("--cache_dir", default=None,
                         help="the reader's cut-line cache (pagexml, iam), e.g. .cache/hooker")
+    parser.add_argument("--reader_options", type=_json_object, default={},
+                        help='reader keyword arguments as JSON, e.g. \'{"rectify": true}\'')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    options = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    options = dict(args.reader_options)
+    if args.cache_dir:
+        options["cache_dir"] = args.cache_dir
+    counts = {}
     for split in args.splits:
         report = SkipReport(f"{args.dataset} {split}")
         samples = READERS[args.dataset](args.root, split, report=report, **options)
         report.log()
-        count = pack_lines(samples, Path(args.out) / split, args.height, args.levels)
-        print(f"{split}: {count} of {len(samples)} lines -> {Path(args.out) / split}")
+        counts[split] = pack_lines(samples, Path(args.out) / split, args.height, args.levels)
+        print(f"{split}: {counts[split]} of {len(samples)} lines -> {Path(args.out) / split}")
+    manifest = {"dataset": args.dataset, "root": str(args.root), "height": args.height,
+                "levels": args.levels, "reader_options": args.reader_options, "lines": counts}
+    (Path(args.out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"a JSON object is expected, not {text!r}")
+    return value
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ class HTRSystem(pl.LightningModule):
         skipped_steps: Optimizer steps skipped for non-finite gradients in this run (also
             logged as ``train_skipped_steps`` and kept in checkpoints).
         rectified_lines: Whether the model trained on PAGE-XML lines straightened along their
-            baselines (the data module's ``reader_options: {rectify: true}``). Checkpoints keep
+            baselines (the data module's ``reader_options: {rectify: true}``, or a folder
+            packed with it: :attr:`HTRDataModule.rectified_lines
+            <htr_lightning.data.HTRDataModule.rectified_lines>`). Checkpoints keep
             it, and ``transcribe``, ``predict`` and exports cut PAGE-XML inputs the same way
             by default. Set it yourself for a model trained on lines cut elsewhere.
     """
@@ -88,9 +90,9 @@ class HTRSystem(pl.LightningModule):
         """Keeps the skipped-step counter with the run, and how its lines were cut."""
         checkpoint["htr_skipped_steps"] = self.skipped_steps
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        options = getattr(datamodule, "reader_options", None)
-        if isinstance(options, dict):  # the lines this run is training on
-            self.rectified_lines = bool(options.get("rectify", False))
+        rectified = getattr(datamodule, "rectified_lines", None)
+        if isinstance(rectified, bool):  # the lines this run is training on
+            self.rectified_lines = rectified
         checkpoint["htr_rectified_lines"] = self.rectified_lines
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from htr_lightning.data.pack import main, pack_lines
-from htr_lightning.data.readers import read_folder
+from fixtures_layouts import make_pagexml
+
+from htr_lightning.data import HTRDataModule
+from htr_lightning.data.pack import main, pack_lines, read_manifest
+from htr_lightning.data.readers import read_folder, read_pagexml
 from htr_lightning.data.samples import LineSample
 
 
@@ -53,3 +56,52 @@ def test_fewer_grey_levels_keep_paper_and_ink(tmp_path):
     pixels = np.asarray(Image.open(tmp_path / "out" / "x.png"))
     assert sorted(np.unique(pixels)) == [round(i * 17) for i in range(16)]
     assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_pack_records_how_its_lines_were_cut_and_a_model_trained_on_them_knows(tmp_path,
+                                                                              tiny_teacher_kwargs):
+    import lightning.pytorch as pl
+
+    from htr_lightning.models import TeacherSystem
+
+    root = make_pagexml(tmp_path / "src")
+    common = ["--dataset", "pagexml", "--root", str(root), "--height", "32", "--splits", "train", "val"]
+    main([*common, "--out", str(tmp_path / "plain")])
+    main([*common, "--out", str(tmp_path / "straight"), "--reader_options", '{"rectify": true}'])
+    manifest = read_manifest(tmp_path / "straight")
+    train = read_folder(tmp_path / "straight", "train")
+    assert manifest["reader_options"] == {"rectify": True} and manifest["height"] == 32
+    assert manifest["lines"] == {"train": len(train), "val": 1} and len(train) > 1
+    assert read_manifest(tmp_path / "plain")["reader_options"] == {}
+    # the straightened cut, not the bounding box: other widths at the same height
+    straight = {s.id: s.load().size for s in read_pagexml(root, "train", rectify=True, workers=1)}
+    plain = {s.id: s.load().size for s in read_pagexml(root, "train", workers=1)}
+    assert straight != plain
+    assert {s.id: s.load().width for s in train} == {k: round(w * 32 / h) for k, (w, h) in straight.items()}
+
+    assert not HTRDataModule(dataset="folder", root=str(tmp_path / "plain")).rectified_lines
+    dm = HTRDataModule(dataset="folder", root=str(tmp_path / "straight"), height=32,
+                       batch_size=4, augment=False)
+    assert dm.rectified_lines
+    dm.setup("fit")
+    model = TeacherSystem(dm.charset, **tiny_teacher_kwargs)
+    trainer = pl.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "m.ckpt")
+    assert TeacherSystem.load_from_checkpoint(tmp_path / "m.ckpt").rectified_lines is True
+
+
+def test_a_broken_manifest_or_reader_options_are_named(tmp_path, capsys):
+    (tmp_path / "pack.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="pack.json is not a pack manifest"):
+        read_manifest(tmp_path)
+    (tmp_path / "pack.json").write_text("{broken")
+    with pytest.raises(ValueError, match="pack.json is not a pack manifest"):
+        HTRDataModule(dataset="folder", root=str(tmp_path)).rectified_lines
+    assert read_manifest(tmp_path / "nothing here") is None
+    with pytest.raises(SystemExit):
+        main(["--dataset", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--reader_options", "rectify"])
+    assert "--reader_options: not JSON" in capsys.readouterr().err
