@@ -152,6 +152,8 @@ class HTRDataModule(pl.LightningDataModule):
             raise ValueError(f"dataset {self.dataset!r} needs data.root (the dataset folder)")
         if not Path(self.root).expanduser().is_dir():
             raise FileNotFoundError(f"dataset root {self.root!r} does not exist or is not a folder")
+        if self.dataset == "folder":  # a broken pack.json is named now, not at the first save
+            read_manifest(Path(self.root).expanduser())
 
     # ----------------------------------------------------------------------------- samples
     def samples(self, split: str) -> Sequence[LineSample]:
@@ -185,7 +187,7 @@ class HTRDataModule(pl.LightningDataModule):
         if "rectify" in self.reader_options:
             return bool(self.reader_options["rectify"])
         if self.dataset == "folder" and self.root:
-            manifest = read_manifest(self.root) or {}
+            manifest = read_manifest(Path(self.root).expanduser()) or {}
             return bool(manifest.get("reader_options", {}).get("rectify", False))
         return False
 

@@ -99,7 +99,7 @@ def test_a_broken_manifest_or_reader_options_are_named(tmp_path, capsys):
         read_manifest(tmp_path)
     (tmp_path / "pack.json").write_text("{broken")
     with pytest.raises(ValueError, match="pack.json is not a pack manifest"):
-        HTRDataModule(dataset="folder", root=str(tmp_path)).rectified_lines
+        HTRDataModule(dataset="folder", root=str(tmp_path))  # at once, not at the first save
     assert read_manifest(tmp_path / "nothing here") is None
     with pytest.raises(SystemExit):
         main(["--dataset", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
