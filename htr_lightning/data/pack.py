@@ -17,7 +17,8 @@ straightened along their baselines).
 ``<out>/pack.json`` (:data:`MANIFEST`) records how the lines were made: dataset, height,
 levels, reader options and the lines per split. A model trained on the packed folder reads
 from it whether its lines were straightened (``rectified_lines``), so it cuts PAGE-XML inputs
-the same way at inference.
+the same way at inference. A later call may add splits to the same ``--out`` with the same
+settings; other settings are refused, so one folder never mixes two ways of cutting.
 """
 
 from __future__ import annotations
@@ -119,15 +120,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     options = dict(args.reader_options)
     if args.cache_dir:
         options["cache_dir"] = args.cache_dir
-    counts = {}
+    made = {"dataset": args.dataset, "root": str(args.root), "height": args.height,
+            "levels": args.levels, "reader_options": args.reader_options}
+    earlier = read_manifest(args.out) or {}
+    counts = earlier.get("lines", {})  # splits packed by an earlier call stay listed
+    differ = [k for k in made if k in earlier and earlier[k] != made[k]]
+    if differ:  # one folder, one way of cutting: a model learns from the manifest how
+        parser.error(f"{Path(args.out) / MANIFEST} says its lines were packed with other "
+                     + ", ".join(f"{k} ({earlier[k]!r}, not {made[k]!r})" for k in differ)
+                     + "; pack into another --out")
     for split in args.splits:
         report = SkipReport(f"{args.dataset} {split}")
         samples = READERS[args.dataset](args.root, split, report=report, **options)
         report.log()
         counts[split] = pack_lines(samples, Path(args.out) / split, args.height, args.levels)
         print(f"{split}: {counts[split]} of {len(samples)} lines -> {Path(args.out) / split}")
-    manifest = {"dataset": args.dataset, "root": str(args.root), "height": args.height,
-                "levels": args.levels, "reader_options": args.reader_options, "lines": counts}
+    manifest = {**made, "lines": counts}
     (Path(args.out) / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 

@@ -66,13 +66,15 @@ def test_pack_records_how_its_lines_were_cut_and_a_model_trained_on_them_knows(t
 
     root = make_pagexml(tmp_path / "src")
     common = ["--dataset", "pagexml", "--root", str(root), "--height", "32", "--splits", "train", "val"]
-    main([*common, "--out", str(tmp_path / "plain")])
+    main([*common[:-2], "train", "--out", str(tmp_path / "plain")])
+    main([*common[:-2], "val", "--out", str(tmp_path / "plain")])  # a later call adds its split
     main([*common, "--out", str(tmp_path / "straight"), "--reader_options", '{"rectify": true}'])
     manifest = read_manifest(tmp_path / "straight")
     train = read_folder(tmp_path / "straight", "train")
     assert manifest["reader_options"] == {"rectify": True} and manifest["height"] == 32
     assert manifest["lines"] == {"train": len(train), "val": 1} and len(train) > 1
     assert read_manifest(tmp_path / "plain")["reader_options"] == {}
+    assert read_manifest(tmp_path / "plain")["lines"] == manifest["lines"]
     # the straightened cut, not the bounding box: other widths at the same height
     straight = {s.id: s.load().size for s in read_pagexml(root, "train", rectify=True, workers=1)}
     plain = {s.id: s.load().size for s in read_pagexml(root, "train", workers=1)}
@@ -105,3 +107,14 @@ def test_a_broken_manifest_or_reader_options_are_named(tmp_path, capsys):
         main(["--dataset", "folder", "--root", str(tmp_path), "--out", str(tmp_path / "o"),
               "--reader_options", "rectify"])
     assert "--reader_options: not JSON" in capsys.readouterr().err
+
+
+def test_packing_into_a_folder_packed_another_way_is_refused(tmp_path, capsys):
+    root = make_pagexml(tmp_path / "src")
+    common = ["--dataset", "pagexml", "--root", str(root), "--out", str(tmp_path / "out")]
+    main([*common, "--height", "32", "--splits", "val"])
+    with pytest.raises(SystemExit):
+        main([*common, "--height", "32", "--splits", "train", "--reader_options", '{"rectify": true}'])
+    assert "packed with other reader_options ({}, not {'rectify': True})" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "train").exists()
+    assert read_manifest(tmp_path / "out")["lines"] == {"val": 1}
