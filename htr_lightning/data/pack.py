@@ -124,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "levels": args.levels, "reader_options": args.reader_options}
     earlier = read_manifest(args.out) or {}
     counts = earlier.get("lines", {})  # splits packed by an earlier call stay listed
-    differ = [k for k in made if k in earlier and earlier[k] != made[k]]
+    # The root may be spelled another way (relative, absolute): the settings must match.
+    differ = [k for k in made if k != "root" and k in earlier and earlier[k] != made[k]]
     if differ:  # one folder, one way of cutting: a model learns from the manifest how
         parser.error(f"{Path(args.out) / MANIFEST} says its lines were packed with other "
                      + ", ".join(f"{k} ({earlier[k]!r}, not {made[k]!r})" for k in differ)
