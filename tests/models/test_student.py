@@ -124,3 +124,20 @@ def test_dropout_options_reach_the_network_and_leave_the_training_settings(syste
     old = {k: v for k, v in model.hparams.items() if k not in ("feature_dropout", "head_dropout")}
     restored = system(**old)
     assert (restored.net.feature_dropout.p, restored.net.head_dropout.p) == (0.0, 0.0)
+
+
+def test_a_teacher_trained_on_other_cuts_of_the_lines_is_reported(tmp_path, teacher_ckpt, caplog,
+                                                                   tiny_teacher_kwargs,
+                                                                   tiny_data_kwargs):
+    checkpoint = torch.load(teacher_ckpt, weights_only=True)
+    assert checkpoint["htr_rectified_lines"] is False  # synthetic lines
+    checkpoint["htr_rectified_lines"] = True  # as a teacher of straightened PAGE-XML lines
+    torch.save(checkpoint, tmp_path / "straight.ckpt")
+    dm = HTRDataModule(**tiny_data_kwargs)
+    for ckpt in (teacher_ckpt, tmp_path / "straight.ckpt"):
+        caplog.clear()
+        _trainer(tmp_path, max_steps=1).fit(_student(dm, tiny_teacher_kwargs, teacher_ckpt=str(ckpt)), dm)
+        warned = [r.getMessage() for r in caplog.records if "student's lines" in r.getMessage()]
+        assert len(warned) == (ckpt != teacher_ckpt), warned
+    assert "straight.ckpt trained on lines straightened along their baselines" in warned[0]
+    assert "the student's lines are not straightened" in warned[0]
