@@ -101,6 +101,27 @@ class HTRSystem(pl.LightningModule):
         self.rectified_lines = bool(checkpoint.get("htr_rectified_lines", False))
 
     # ----------------------------------------------------------------------- evaluation
+    def _report_other_line_cut(self) -> None:
+        """Warns when a checkpoint is evaluated on lines cut another way than it trained on
+        (straightened or not): its CER there is not the one it can reach."""
+        data = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        rectified = getattr(data, "rectified_lines", None)
+        if isinstance(rectified, bool) and rectified != self.rectified_lines:
+            cut = {True: "straightened along their baselines", False: "not straightened"}
+            log.warning("this model trained on lines %s, and the lines it is evaluated on are %s; "
+                        "set data.reader_options rectify as its training data had it",
+                        cut[self.rectified_lines], cut[rectified])
+
+    def on_validation_start(self) -> None:
+        """``validate`` on lines cut another way than training's is reported (not in ``fit``,
+        where the model takes the cut of its data)."""
+        if self._trainer is not None and self.trainer.state.fn == "validate":
+            self._report_other_line_cut()
+
+    def on_test_start(self) -> None:
+        """``test`` on lines cut another way than training's is reported."""
+        self._report_other_line_cut()
+
     # Systems keep their figures in ``self.metrics`` (:func:`~htr_lightning.metrics.split_metrics`)
     # and update them in their steps; the totals are logged once per split, here.
     def on_validation_epoch_start(self) -> None:

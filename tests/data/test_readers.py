@@ -325,7 +325,7 @@ def test_predict_cuts_pages_as_the_training_reader_options_say(tmp_path):
 
 
 def test_a_model_trained_on_straightened_lines_cuts_its_inputs_so(tmp_path, tiny_teacher_kwargs,
-                                                                   monkeypatch):
+                                                                   monkeypatch, caplog):
     import lightning.pytorch as pl
 
     from htr_lightning.inference import pages
@@ -334,6 +334,7 @@ def test_a_model_trained_on_straightened_lines_cuts_its_inputs_so(tmp_path, tiny
 
     root = _sloped_page(tmp_path / "ds")
     (root / "val.lst").write_text("s\n", encoding="utf-8")
+    (root / "test.lst").write_text("s\n", encoding="utf-8")
     xml = str(root / "pages" / "s.xml")
     dm = HTRDataModule(dataset="pagexml", root=str(root), height=32, batch_size=3, augment=False,
                        num_workers=0, reader_options={"rectify": True})
@@ -347,6 +348,17 @@ def test_a_model_trained_on_straightened_lines_cuts_its_inputs_so(tmp_path, tiny
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     loaded = TeacherSystem.load_from_checkpoint(tmp_path / "m.ckpt")
     assert loaded.rectified_lines is True
+    # evaluated on lines cut another way: reported, in test and validate alike
+    for rectify, warned in ((True, 0), (False, 2)):
+        data = HTRDataModule(dataset="pagexml", root=str(root), height=32, num_workers=0,
+                             reader_options={"rectify": rectify})
+        caplog.clear()
+        evaluator = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+        evaluator.test(loaded, datamodule=data, verbose=False)
+        evaluator.validate(loaded, datamodule=data, verbose=False)
+        messages = [r.getMessage() for r in caplog.records if "evaluated on" in r.getMessage()]
+        assert len(messages) == warned, messages
+    assert "trained on lines straightened along their baselines" in messages[0]
 
     cut = []  # how each PAGE-XML input was read
     read = pages.read_page_file
