@@ -23,6 +23,9 @@ from htr_lightning.metrics import log_split_metrics, reset_split_metrics
 
 log = logging.getLogger("htr_lightning.models")
 
+# How a model's lines were cut, for messages (see HTRSystem.rectified_lines).
+LINE_CUTS = {True: "straightened along their baselines", False: "not straightened"}
+
 
 class HTRSystem(pl.LightningModule):
     """Base class of the systems in :mod:`htr_lightning.models`.
@@ -89,9 +92,8 @@ class HTRSystem(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Keeps the skipped-step counter with the run, and how its lines were cut."""
         checkpoint["htr_skipped_steps"] = self.skipped_steps
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        rectified = getattr(datamodule, "rectified_lines", None)
-        if isinstance(rectified, bool):  # the lines this run is training on
+        rectified = self.data_rectified_lines()
+        if rectified is not None:  # the lines this run is training on
             self.rectified_lines = rectified
         checkpoint["htr_rectified_lines"] = self.rectified_lines
 
@@ -100,17 +102,21 @@ class HTRSystem(pl.LightningModule):
         self.skipped_steps = int(checkpoint.get("htr_skipped_steps", 0))
         self.rectified_lines = bool(checkpoint.get("htr_rectified_lines", False))
 
+    def data_rectified_lines(self) -> bool | None:
+        """Whether the trainer's data module straightens its lines; None without one that says."""
+        data = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        rectified = getattr(data, "rectified_lines", None)
+        return rectified if isinstance(rectified, bool) else None
+
     # ----------------------------------------------------------------------- evaluation
     def _report_other_line_cut(self) -> None:
         """Warns when a checkpoint is evaluated on lines cut another way than it trained on
         (straightened or not): its CER there is not the one it can reach."""
-        data = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        rectified = getattr(data, "rectified_lines", None)
-        if isinstance(rectified, bool) and rectified != self.rectified_lines:
-            cut = {True: "straightened along their baselines", False: "not straightened"}
+        rectified = self.data_rectified_lines()
+        if rectified is not None and rectified != self.rectified_lines:
             log.warning("this model trained on lines %s, and the lines it is evaluated on are %s; "
                         "set data.reader_options rectify as its training data had it",
-                        cut[self.rectified_lines], cut[rectified])
+                        LINE_CUTS[self.rectified_lines], LINE_CUTS[rectified])
 
     def on_validation_start(self) -> None:
         """``validate`` on lines cut another way than training's is reported (not in ``fit``,

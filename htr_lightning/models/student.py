@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from htr_lightning.models.base import LINE_CUTS
 from htr_lightning.models.teacher import TeacherSystem
 from htr_lightning.nets.gated_crnn import STUDENT_PRESET, TEACHER_POOLS
 
@@ -114,14 +115,12 @@ class StudentSystem(TeacherSystem):
             raise ValueError(f"teacher {path} and student give different frame counts for widths "
                              f"{widths.tolist()}: {t_frames.tolist()} vs {s_frames.tolist()}; "
                              "their width pooling must match for per-frame distillation")
-        data = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        rectified = getattr(data, "rectified_lines", None)
-        if isinstance(rectified, bool) and rectified != teacher.rectified_lines:
-            cut = {True: "straightened along their baselines", False: "not straightened"}
+        rectified = self.data_rectified_lines()
+        if rectified is not None and rectified != teacher.rectified_lines:
             log.warning("teacher %s trained on lines %s, the student's lines are %s: the teacher "
                         "reads them worse than its own, and teaches that (set data.reader_options "
                         "rectify as the teacher's data had it)", path,
-                        cut[teacher.rectified_lines], cut[rectified])
+                        LINE_CUTS[teacher.rectified_lines], LINE_CUTS[rectified])
         teacher.net.requires_grad_(False).eval()
         self._teacher = [teacher.net]
 
