@@ -120,6 +120,9 @@ class HTRDataModule(pl.LightningDataModule):
         self.root = root
         if predict_paths is None:  # predicting on given files does not read the dataset
             self._check_root()
+        # Read once, here: a broken pack.json is named now, not at the first checkpoint save.
+        self._pack_manifest = (read_manifest(Path(root).expanduser())
+                               if dataset == "folder" and root else None)
         # The resolved charset is logged with the model; a None here would clash with it.
         self.save_hyperparameters(ignore=["charset"])
         self.splits = dict(splits or {})
@@ -152,8 +155,6 @@ class HTRDataModule(pl.LightningDataModule):
             raise ValueError(f"dataset {self.dataset!r} needs data.root (the dataset folder)")
         if not Path(self.root).expanduser().is_dir():
             raise FileNotFoundError(f"dataset root {self.root!r} does not exist or is not a folder")
-        if self.dataset == "folder":  # a broken pack.json is named now, not at the first save
-            read_manifest(Path(self.root).expanduser())
 
     # ----------------------------------------------------------------------------- samples
     def samples(self, split: str) -> Sequence[LineSample]:
@@ -186,10 +187,8 @@ class HTRDataModule(pl.LightningDataModule):
         the reader options it was packed with (its ``pack.json``)."""
         if "rectify" in self.reader_options:
             return bool(self.reader_options["rectify"])
-        if self.dataset == "folder" and self.root:
-            manifest = read_manifest(Path(self.root).expanduser()) or {}
-            return bool(manifest.get("reader_options", {}).get("rectify", False))
-        return False
+        packed_with = (self._pack_manifest or {}).get("reader_options", {})
+        return bool(packed_with.get("rectify", False))
 
     @property
     def charset(self) -> str:

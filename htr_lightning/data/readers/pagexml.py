@@ -248,9 +248,8 @@ def page_folders(root: Path) -> tuple[Path, Path, Path]:
 
 def find_page_xml(root: Path, page_id: str) -> Path | None:
     """``<page_id>.xml`` in the first of :func:`page_folders` that has it, else None."""
-    return next(
-        (f / f"{page_id}.xml" for f in page_folders(root) if (f / f"{page_id}.xml").is_file()), None
-    )
+    candidates = (folder / f"{page_id}.xml" for folder in page_folders(root))
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def read_pagexml(
