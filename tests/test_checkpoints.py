@@ -10,6 +10,7 @@ from htr_lightning.checkpoints import (SafeCheckpointIO, UnsafeCheckpointError, 
 from htr_lightning.cli import cli_main
 from htr_lightning.data.synthetic import SYNTHETIC_CHARSET
 from htr_lightning.inference.export import load_checkpoint as export_load_checkpoint
+from htr_lightning.inference.export import main as export_main
 from htr_lightning.models import TeacherSystem, load_system
 from tiny_systems import TINY_TEACHER, save_cli_checkpoint
 
@@ -79,6 +80,18 @@ def test_cli_refuses_pickle_unless_weights_only_false(tmp_path, evil_checkpoint,
     assert "unpickled!" not in capsys.readouterr().out
     cli = cli_main([*args, "--weights_only=false"])
     assert "val_cer" in cli.trainer.callback_metrics
+
+
+def test_export_cli_refuses_pickle_unless_weights_only_false(tmp_path, evil_checkpoint, capsys):
+    args = [f"--ckpt_path={evil_checkpoint}", "--format=safetensors", f"--output={tmp_path / 'b'}"]
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(args)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "evil.ckpt: refused to load" in captured.err and "--weights_only false" in captured.err
+    assert "unpickled!" not in captured.out and not (tmp_path / "b").exists()
+    export_main([*args, "--weights_only", "false"])
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "model.safetensors"]
 
 
 def test_a_file_that_is_no_checkpoint_is_not_called_unsafe(tmp_path):

@@ -231,8 +231,14 @@ def load_bundle(directory: str | Path, map_location: str | torch.device = "cpu")
     return system.to(map_location).eval()
 
 
-def load_checkpoint(path: str | Path) -> lightning.pytorch.LightningModule:
+def load_checkpoint(path: str | Path, weights_only: bool | None = None
+                    ) -> lightning.pytorch.LightningModule:
     """Loads an htr_lightning training checkpoint, with plain errors for anything else.
+
+    Args:
+        path: The checkpoint file.
+        weights_only: As for :func:`~htr_lightning.checkpoints.load_checkpoint_file`: False
+            opens a trusted file that needs pickle.
 
     Raises:
         FileNotFoundError: No such file.
@@ -242,7 +248,7 @@ def load_checkpoint(path: str | Path) -> lightning.pytorch.LightningModule:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        checkpoint = load_checkpoint_file(path)
+        checkpoint = load_checkpoint_file(path, weights_only=weights_only)
     except UnsafeCheckpointError:
         raise  # it is a checkpoint, one that needs pickle: say that, not "not a checkpoint"
     except Exception as err:  # torch.load raises many types for a file that is not a checkpoint
@@ -252,7 +258,7 @@ def load_checkpoint(path: str | Path) -> lightning.pytorch.LightningModule:
             and "hyper_parameters" in checkpoint):
         raise ValueError(f"{path} is not a Lightning checkpoint of an htr_lightning model "
                          "(it has no state_dict and hyper_parameters)")
-    return load_system(path)
+    return load_system(path, weights_only=weights_only)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -267,10 +273,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="onnx: the .onnx file (the sidecar .json is written beside it); "
                              "safetensors: the bundle directory; transformers (TrOCR "
                              "checkpoints): the save_pretrained directory")
+    parser.add_argument("--weights_only", choices=("true", "false"), default=None,
+                        help="false: open a checkpoint you trust that needs pickle (refused "
+                             "by default, see htr_lightning.checkpoints)")
     args = parser.parse_args(argv)
+    weights_only = None if args.weights_only is None else args.weights_only == "true"
     try:
-        system = load_checkpoint(args.ckpt_path)
-    except (FileNotFoundError, ValueError) as err:
+        system = load_checkpoint(args.ckpt_path, weights_only)
+    except (FileNotFoundError, ValueError, UnsafeCheckpointError) as err:
         parser.error(str(err))
     # ONNX and bundles hold CTC networks; a TrOCR system writes a transformers folder.
     is_ctc = isinstance(system, CTCSystem)

@@ -106,10 +106,12 @@ def test_predict_cli_over_pages_lines_and_broken_files(tmp_path, monkeypatch, ti
     Image.new("L", (300, 300), 255).save(inputs / "blank.png")
     out = tmp_path / "out.jsonl"
     config = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "teacher_synthetic.yaml"
-    cli_main(["predict", "--config", str(config), f"--ckpt_path={ckpt}", "--data.height=32",
-              "--data.num_workers=2", "--data.batch_size=3", f"--data.predict_paths=[{inputs}]",
-              f"--output.path={out}", "--output.format=jsonl",
-              "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    # The config asks for another height: the data takes the checkpoint's, the one the network knows.
+    cli = cli_main(["predict", "--config", str(config), f"--ckpt_path={ckpt}", "--data.height=48",
+                    "--data.num_workers=2", "--data.batch_size=3", f"--data.predict_paths=[{inputs}]",
+                    f"--output.path={out}", "--output.format=jsonl",
+                    "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.datamodule.height == cli.model.hparams.height == model.hparams.height == 32
     rows = {Path(r["id"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert sorted(rows) == ["blank.png", "broken.png", "dark_line.tif", "page.jpg"]
     assert len(rows["page.jpg"]["lines"]) == 5
