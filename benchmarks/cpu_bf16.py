@@ -12,7 +12,10 @@ Whether it pays depends on the CPU: oneDNN runs bf16 convolutions and LSTMs nati
 AVX512-BF16 or AMX (``lscpu | grep -o 'avx512_bf16\\|amx_bf16'``) and emulates them elsewhere.
 
     .venv/bin/python benchmarks/cpu_bf16.py [--runs 5] [--threads 2] [--width 1400]
-        [--pools '[[2,2],[2,2],[2,1],[2,1],null]']
+        [--pools '[[2,2],[2,2],[2,1],[2,1],null]'] [--lstm_hidden 128] [--profile]
+
+``--profile`` also runs one float32 step under ``torch.profiler`` and prints where its CPU
+time went: the BiLSTM (oneDNN's RNN kernels), the convolutions, the rest.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ import time
 import torch
 
 from htr_lightning.models import TeacherSystem
+
+# Self-CPU-time shares by kernel name; the first group whose word is in the name wins.
+PROFILE_GROUPS = {"BiLSTM": ("rnn", "lstm"), "convolutions": ("convolution",)}
 
 
 def ctc_loss(model: TeacherSystem, images: torch.Tensor, widths: torch.Tensor, texts: list[str],
@@ -50,11 +56,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--pools", type=json.loads, default=[[2, 2], [2, 2], [2, 1], [2, 1], None],
                         help="JSON list, as --model.pools takes it (default: 4 px per frame)")
+    parser.add_argument("--lstm_hidden", type=int, default=128)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one float32 step: CPU time by kind of kernel")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     charset = "".join(chr(33 + i) for i in range(args.classes - 1))  # + the CTC blank
-    base = TeacherSystem(charset, pools=args.pools)
+    base = TeacherSystem(charset, pools=args.pools, lstm_hidden=args.lstm_hidden)
     nets = {"float32": base, "bf16-mixed": copy.deepcopy(base)}
     optimizers = {name: torch.optim.AdamW(net.parameters(), lr=1e-4) for name, net in nets.items()}
     images = torch.rand(args.batch, 1, 64, args.width)
@@ -90,6 +99,29 @@ def main() -> None:
           f"{(lp32 - lp16).abs().max().item():.4f}, CTC loss {loss32.item():.4f} (float32) vs "
           f"{loss16.item():.4f} (bf16), relative difference "
           f"{abs(loss16.item() - loss32.item()) / loss32.item():.2e}")
+    if args.profile:
+        profile_step(base, optimizers["float32"], images, widths, texts)
+
+
+def profile_step(net: TeacherSystem, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+                 widths: torch.Tensor, texts: list[str]) -> None:
+    """Prints the shares of one float32 step's self CPU time per ``PROFILE_GROUPS`` entry."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss, _ = ctc_loss(net, images, widths, texts, bf16=False)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    shares = dict.fromkeys([*PROFILE_GROUPS, "the rest"], 0.0)
+    for event in prof.key_averages():
+        name = event.key.lower()
+        group = next((g for g, words in PROFILE_GROUPS.items() if any(w in name for w in words)),
+                     "the rest")
+        shares[group] += event.self_cpu_time_total
+    total = sum(shares.values())
+    print("one float32 step, self CPU time: " + ", ".join(
+        f"{group} {100 * t / total:.0f} %" for group, t in shares.items()))
 
 
 if __name__ == "__main__":
