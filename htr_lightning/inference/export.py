@@ -243,6 +243,7 @@ def load_checkpoint(path: str | Path, weights_only: bool | None = None
     Raises:
         FileNotFoundError: No such file.
         ValueError: The file is not a Lightning checkpoint of an htr_lightning system.
+        UnsafeCheckpointError: The file needs pickle and ``weights_only`` is not False.
     """
     path = Path(path)
     if not path.is_file():
