@@ -6,16 +6,20 @@
         --ckpt_path checkpoints/teacher_hooker/best.ckpt --lm checkpoints/hooker_char6.arpa
 
 ``--config`` is the experiment YAML whose ``data`` section names the dataset (the same file
-``htr-lightning fit`` used), so the LM sees exactly the training transcriptions. ``tune`` runs
-the network once over the split and then decodes the saved outputs for every LM weight and
-insertion bonus of the grid, printing CER, WER and lines/s of each, greedy and beam without LM
-first.
+``htr-lightning fit`` used), so the LM sees exactly the training transcriptions;
+``--reader_options`` (JSON) replaces its ``data.reader_options``, as ``--data.reader_options``
+did for ``fit``. ``tune`` runs the network once over the split and then decodes the saved
+outputs for every LM weight and insertion bonus of the grid, printing CER, WER and lines/s of
+each, greedy and beam without LM first. PAGE-XML lines are cut as the checkpoint's training
+lines were (straightened or not) unless the reader options say ``rectify``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
+import logging
 import time
 from pathlib import Path
 
@@ -28,12 +32,31 @@ from htr_lightning.decoding.greedy import GreedyDecoder
 from htr_lightning.decoding.ngram import CharNgramLM
 from htr_lightning.metrics import ErrorRate
 from htr_lightning.models import load_system
+from htr_lightning.models.base import LINE_CUTS
+
+log = logging.getLogger("htr_lightning")
 
 
-def datamodule_from_config(config: str | Path, **overrides) -> HTRDataModule:
-    """The HTRDataModule of an experiment YAML's ``data`` section."""
+def datamodule_from_config(config: str | Path, reader_options: dict | None = None,
+                           **overrides) -> HTRDataModule:
+    """The HTRDataModule of an experiment YAML's ``data`` section; ``reader_options``, where
+    given, replaces the section's."""
     data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
+    if reader_options is not None:
+        data["reader_options"] = reader_options
     return HTRDataModule(**{**data, **overrides})
+
+
+def cut_as_trained(dm: HTRDataModule, model) -> None:
+    """Makes a PAGE-XML data module cut its lines as ``model`` trained on them (straightened or
+    not) where its reader options leave ``rectify`` unset, as ``predict`` does; warns where they
+    set it the other way, since the CER there is not the one the model can reach."""
+    if dm.dataset == "pagexml" and "rectify" not in dm.reader_options:
+        dm.reader_options["rectify"] = bool(model.rectified_lines)
+    if dm.rectified_lines != model.rectified_lines:
+        log.warning("this model trained on lines %s, and the lines it is tuned on are %s; "
+                    "set rectify in --reader_options as its training data had it",
+                    LINE_CUTS[model.rectified_lines], LINE_CUTS[dm.rectified_lines])
 
 
 def split_outputs(model, dm: HTRDataModule, split: str) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:
@@ -71,12 +94,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="estimate a character n-gram LM and save it as ARPA")
     train.add_argument("--config", required=True)
+    train.add_argument("--reader_options", type=json.loads, default=None,
+                       help="JSON: replaces the config's data.reader_options")
     train.add_argument("--split", default="train")
     train.add_argument("--order", type=int, default=6)
     train.add_argument("--smoothing", default="kneser-ney", choices=["kneser-ney", "witten-bell"])
     train.add_argument("--output", required=True)
     tune = sub.add_parser("tune", help="grid over LM weight and insertion bonus on a split")
     tune.add_argument("--config", required=True)
+    tune.add_argument("--reader_options", type=json.loads, default=None,
+                      help="JSON: replaces the config's data.reader_options")
     tune.add_argument("--ckpt_path", required=True)
     tune.add_argument("--lm", required=True)
     tune.add_argument("--split", default="val", choices=["val", "test"])
@@ -86,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        dm = datamodule_from_config(args.config)
+        dm = datamodule_from_config(args.config, args.reader_options)
         texts = [s.text for s in dm.samples(args.split)]
         lm = CharNgramLM.train(texts, order=args.order, smoothing=args.smoothing)
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     model = load_system(args.ckpt_path)
-    dm = datamodule_from_config(args.config, height=model.hparams.height, augment=False)
+    dm = datamodule_from_config(args.config, args.reader_options, height=model.hparams.height,
+                                augment=False)
+    cut_as_trained(dm, model)
     outputs = split_outputs(model, dm, args.split)
     print(f"{args.split}: {sum(len(t) for _, _, t in outputs)} lines, beam {args.beam}")
     print(f"{'decoder':>34}  {'CER':>7}  {'WER':>7}  {'lines/s':>8}")

@@ -1,9 +1,11 @@
+import logging
+
 import lightning.pytorch as pl
 import yaml
 from PIL import Image, ImageDraw, ImageFont
 
 from htr_lightning.data import HTRDataModule
-from htr_lightning.decoding.lm_cli import main
+from htr_lightning.decoding.lm_cli import cut_as_trained, datamodule_from_config, main
 from htr_lightning.decoding.ngram import CharNgramLM
 from htr_lightning.models import TeacherSystem
 
@@ -48,3 +50,32 @@ def test_train_then_tune(tmp_path, tiny_teacher_kwargs, capsys):
     rows = [line for line in out[2:] if "%" in line]
     assert [r[:34].strip() for r in rows] == [
         "greedy", "beam, no LM", "beam + LM w=0.5 bonus=0", "beam + LM w=0.5 bonus=1"]
+
+
+def test_tune_cuts_pagexml_lines_as_the_model_trained(tmp_path, tiny_teacher_kwargs, caplog):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dataset": "pagexml", "root": str(tmp_path),
+                                               "reader_options": {"cache_dir": "c"}}}))
+    model = TeacherSystem("abc", **tiny_teacher_kwargs)
+    model.rectified_lines = True
+
+    dm = datamodule_from_config(config)
+    with caplog.at_level(logging.WARNING, logger="htr_lightning"):
+        cut_as_trained(dm, model)
+    assert dm.reader_options == {"cache_dir": "c", "rectify": True}
+    assert dm.rectified_lines and caplog.text == ""
+
+    # --reader_options replaces the config's, and a cut set against the model's is reported.
+    dm = datamodule_from_config(config, {"rectify": False})
+    with caplog.at_level(logging.WARNING, logger="htr_lightning"):
+        cut_as_trained(dm, model)
+    assert dm.reader_options == {"rectify": False}
+    assert ("trained on lines straightened along their baselines, and the lines it is tuned on "
+            "are not straightened") in caplog.text
+
+    model.rectified_lines = False
+    caplog.clear()
+    dm = datamodule_from_config(config)
+    with caplog.at_level(logging.WARNING, logger="htr_lightning"):
+        cut_as_trained(dm, model)
+    assert dm.reader_options == {"cache_dir": "c", "rectify": False} and caplog.text == ""
