@@ -3,7 +3,8 @@
 Two inputs: the saved outputs of a trained model over a split (``--ckpt_path`` + ``--config``,
 the network is run once and not timed), and random log-probabilities (T=128, 80 classes), the
 worst case for pruning. Each decoder is timed over the whole set ``--runs`` times; the median
-is printed.
+is printed. PAGE-XML lines are cut as the checkpoint trained (straightened or not);
+``--reader_options`` (JSON) replaces the config's ``data.reader_options``.
 
     .venv/bin/python benchmarks/decoding_speed.py --config configs/experiment/teacher_synthetic.yaml \\
         --ckpt_path checkpoints/demo/last.ckpt --lm checkpoints/synthetic_char6.arpa --split test
@@ -12,13 +13,14 @@ is printed.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
 import torch
 
 from htr_lightning.decoding import BeamSearchDecoder, GreedyDecoder
-from htr_lightning.decoding.lm_cli import datamodule_from_config, split_outputs
+from htr_lightning.decoding.lm_cli import cut_as_trained, datamodule_from_config, split_outputs
 from htr_lightning.models import load_system
 from htr_lightning.text import CTCTokenizer
 
@@ -40,6 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--reader_options", type=json.loads, default=None,
+                        help="JSON: replaces the config's data.reader_options")
     parser.add_argument("--lm", required=True)
     parser.add_argument("--split", default="test")
     parser.add_argument("--lm_weight", type=float, default=0.5)
@@ -50,7 +54,9 @@ def main() -> None:
     torch.set_num_threads(1)
 
     model = load_system(args.ckpt_path)
-    dm = datamodule_from_config(args.config, height=model.hparams.height, augment=False)
+    dm = datamodule_from_config(args.config, args.reader_options, height=model.hparams.height,
+                                augment=False)
+    cut_as_trained(dm, model)
     model_outputs = [(lp, n) for lp, n, _ in split_outputs(model, dm, args.split)]
     classes = 80
     g = torch.Generator().manual_seed(0)

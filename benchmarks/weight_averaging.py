@@ -18,7 +18,7 @@ import argparse
 import json
 
 from htr_lightning.checkpoints import load_checkpoint_file
-from htr_lightning.decoding.lm_cli import datamodule_from_config, evaluate, split_outputs
+from htr_lightning.decoding.lm_cli import cut_as_trained, datamodule_from_config, evaluate, split_outputs
 from htr_lightning.models import load_system
 
 
@@ -32,9 +32,6 @@ def main() -> None:
                         help="JSON: replaces the config's data.reader_options")
     args = parser.parse_args()
 
-    overrides = {"augment": False}
-    if args.reader_options is not None:
-        overrides["reader_options"] = args.reader_options
     header = ["checkpoint", "step"] + [f"{kind} {s} {m}" for s in args.splits
                                        for kind in ("averaged", "raw") for m in ("CER", "WER")]
     print("| " + " | ".join(header) + " |")
@@ -46,7 +43,9 @@ def main() -> None:
                   "not written with weight averaging |")
             continue
         model = load_system(path, weights_only=False)
-        dm = datamodule_from_config(args.config, height=model.hparams.height, **overrides)
+        dm = datamodule_from_config(args.config, args.reader_options,
+                                    height=model.hparams.height, augment=False)
+        cut_as_trained(dm, model)
         cells = []
         for split in args.splits:
             for state in (checkpoint["state_dict"], raw):
