@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import logging
 import time
 from pathlib import Path
 
@@ -32,9 +31,7 @@ from htr_lightning.decoding.greedy import GreedyDecoder
 from htr_lightning.decoding.ngram import CharNgramLM
 from htr_lightning.metrics import ErrorRate
 from htr_lightning.models import load_system
-from htr_lightning.models.base import LINE_CUTS
-
-log = logging.getLogger("htr_lightning")
+from htr_lightning.models.base import report_other_line_cut
 
 
 def datamodule_from_config(config: str | Path, reader_options: dict | None = None,
@@ -53,10 +50,8 @@ def cut_as_trained(dm: HTRDataModule, model) -> None:
     set it the other way, since the CER there is not the one the model can reach."""
     if dm.dataset == "pagexml" and "rectify" not in dm.reader_options:
         dm.reader_options["rectify"] = bool(model.rectified_lines)
-    if dm.rectified_lines != model.rectified_lines:
-        log.warning("this model trained on lines %s, and the lines it is tuned on are %s; "
-                    "set rectify in --reader_options as its training data had it",
-                    LINE_CUTS[model.rectified_lines], LINE_CUTS[dm.rectified_lines])
+    report_other_line_cut(model.rectified_lines, dm.rectified_lines, use="tuned on",
+                          fix="set rectify in --reader_options")
 
 
 def split_outputs(model, dm: HTRDataModule, split: str) -> list[tuple[torch.Tensor, torch.Tensor, list[str]]]:

@@ -27,6 +27,17 @@ log = logging.getLogger("htr_lightning.models")
 LINE_CUTS = {True: "straightened along their baselines", False: "not straightened"}
 
 
+def report_other_line_cut(model_rectified: bool, data_rectified: bool, use: str = "evaluated on",
+                          fix: str = "set data.reader_options rectify") -> None:
+    """Warns when a model meets lines cut another way than it trained on (straightened or not):
+    its CER there is not the one it can reach. ``use`` says what the lines are for, ``fix``
+    which setting to change."""
+    if data_rectified != model_rectified:
+        log.warning("this model trained on lines %s, and the lines it is %s are %s; "
+                    "%s as its training data had it",
+                    LINE_CUTS[model_rectified], use, LINE_CUTS[data_rectified], fix)
+
+
 class HTRSystem(pl.LightningModule):
     """Base class of the systems in :mod:`htr_lightning.models`.
 
@@ -113,10 +124,8 @@ class HTRSystem(pl.LightningModule):
         """Warns when a checkpoint is evaluated on lines cut another way than it trained on
         (straightened or not): its CER there is not the one it can reach."""
         rectified = self.data_rectified_lines()
-        if rectified is not None and rectified != self.rectified_lines:
-            log.warning("this model trained on lines %s, and the lines it is evaluated on are %s; "
-                        "set data.reader_options rectify as its training data had it",
-                        LINE_CUTS[self.rectified_lines], LINE_CUTS[rectified])
+        if rectified is not None:
+            report_other_line_cut(self.rectified_lines, rectified)
 
     def on_validation_start(self) -> None:
         """``validate`` on lines cut another way than training's is reported (not in ``fit``,
