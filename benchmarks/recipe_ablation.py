@@ -12,6 +12,7 @@ Each finished arm writes ``<out>/<arm>/result.json`` and is skipped on a rerun, 
 a session end interrupts goes on where it stopped.
 
     .venv/bin/python benchmarks/recipe_ablation.py --steps 1800 --heights 64,48,32   # README's grid
+    .venv/bin/python benchmarks/recipe_ablation.py --steps 1800 --heights 96,128 --augment off   # its taller arms
 """
 
 from __future__ import annotations
