@@ -13,6 +13,10 @@ a session end interrupts goes on where it stopped.
 
     .venv/bin/python benchmarks/recipe_ablation.py --steps 1800 --heights 64,48,32   # README's grid
     .venv/bin/python benchmarks/recipe_ablation.py --steps 1800 --heights 96,128 --augment off   # its taller arms
+    .venv/bin/python benchmarks/recipe_ablation.py --steps 1800 --heights 64 --augment off --seed 1   # another seed
+
+``--seed`` (default 0, the README's grid) seeds the initial weights and the batch order; arms
+of another seed go to ``<arm>_seed<N>``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1600, help="training steps per arm")
     parser.add_argument("--heights", default="32,48,64", help="comma-separated input heights")
     parser.add_argument("--augment", default="off,on", help="comma-separated: off, on")
+    parser.add_argument("--seed", type=int, default=0, help="seed_everything of every arm")
     parser.add_argument("--root", default="../shared/data/hooker")
     parser.add_argument("--out", default="checkpoints/recipe_ablation")
     args = parser.parse_args()
@@ -62,24 +67,26 @@ def main() -> None:
     rows = []
     for height, pools in grid:
         for aug in augments:
-            arm = out / f"h{height}_aug_{aug}"
+            arm = out / (f"h{height}_aug_{aug}" + (f"_seed{args.seed}" if args.seed else ""))
             done = arm / "result.json"
             if done.exists():
                 result = json.loads(done.read_text())
             else:
                 cli, seconds = fit(arm, args.steps, f"--data.root={args.root}",
                                    f"--data.height={height}", f"--model.pools={json.dumps(pools)}",
-                                   f"--data.augment={aug == 'on'}")
-                result = {"height": height, "augment": aug, "pools": pools, "steps": args.steps,
+                                   f"--data.augment={aug == 'on'}", f"--seed_everything={args.seed}")
+                result = {"height": height, "augment": aug, "seed": args.seed, "pools": pools, "steps": args.steps,
                           "seconds": seconds, **evaluate(cli)}
                 done.write_text(json.dumps(result, indent=1))
             rows.append(result)
             print(json.dumps(result), flush=True)
 
-    print("| height | px per frame | augment | steps | training s | val CER | val WER | test CER | test WER |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| height | px per frame | augment | seed | steps | training s | val CER | val WER | test CER | test WER |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['height']} | {r['height'] // 16} | {r['augment']} | {r['steps']} | {r['seconds']:.0f} | "
+        # Results written before --seed existed were all seed 0.
+        print(f"| {r['height']} | {r['height'] // 16} | {r['augment']} | {r.get('seed', 0)} | {r['steps']} | "
+              f"{r['seconds']:.0f} | "
               f"{r['val_cer']:.2%} | {r['val_wer']:.2%} | {r['test_cer']:.2%} | {r['test_wer']:.2%} |")
 
 
