@@ -88,14 +88,19 @@ def test_bf16_mixed_precision_fit(tmp_path, tiny_teacher_kwargs, tiny_data_kwarg
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_ddp_spawn_fit_and_validation_cer_equals_single_process(tmp_path, tiny_teacher_kwargs,
-                                                                 tiny_data_kwargs):
+def test_ddp_spawn_fit_shards_batches_and_its_validation_equals_single_process(
+        tmp_path, tiny_teacher_kwargs, tiny_data_kwargs):
+    # One spawn launch only: a second launch on the same trainer (fit, then validate) aborted a
+    # worker once in CI (SIGABRT, no message) and never here; ddp_spawn *validate* of a checkpoint
+    # is covered by tests/test_distributed.py. The fit's own validation runs under DDP at the end
+    # of its one epoch, on the weights the spawn hands back to this process.
     pl.seed_everything(0)
     dm = HTRDataModule(**tiny_data_kwargs)
     model = TeacherSystem(dm.charset, **tiny_teacher_kwargs)
+    before = [p.detach().clone() for p in model.parameters()]
     record = tmp_path / "batches.jsonl"
-    ddp = _trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=2,
-                   callbacks=[RecordBatches(str(record))])
+    ddp = _trainer(tmp_path, strategy="ddp_spawn", devices=2, max_steps=2, limit_train_batches=2,
+                   limit_val_batches=1.0, callbacks=[RecordBatches(str(record))])
     ddp.fit(model, dm)
     # Each process trained its own share of the width-bucketed batches (Lightning kept our
     # sampler instead of wrapping it in a shuffling DistributedSampler of its own).
@@ -105,13 +110,13 @@ def test_ddp_spawn_fit_and_validation_cer_equals_single_process(tmp_path, tiny_t
         share = WidthBucketSampler(lengths, dm.batch_size, seed=dm.seed, num_replicas=2, rank=rank)
         expected = [[dm.samples("train")[i].id for i in b] for b in share.batches()[:2]]
         assert list(read_batches(record, rank).values()) == expected
-    ckpt = tmp_path / "ddp.ckpt"
-    ddp.save_checkpoint(ckpt)
-    multi = ddp.validate(model, dm, ckpt_path=ckpt, verbose=False)[0]
-    single_model = TeacherSystem.load_from_checkpoint(ckpt)
-    single = _trainer(tmp_path).validate(single_model, dm, verbose=False)[0]
+    # The trained weights came back from the workers.
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    multi = {k: float(v) for k, v in ddp.callback_metrics.items()}
+    single = _trainer(tmp_path, limit_val_batches=1.0).validate(model, dm, verbose=False)[0]
     assert multi["val_cer"] == pytest.approx(single["val_cer"], abs=1e-6)
     assert multi["val_wer"] == pytest.approx(single["val_wer"], abs=1e-6)
+    assert multi["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)
 
 
 def test_validate_test_then_fit_then_validate_again(tmp_path, tiny_teacher_kwargs, tiny_data_kwargs):
