@@ -91,7 +91,7 @@ def test_bf16_mixed_precision_fit(tmp_path, tiny_teacher_kwargs, tiny_data_kwarg
 def test_ddp_spawn_fit_shards_batches_and_its_validation_equals_single_process(
         tmp_path, tiny_teacher_kwargs, tiny_data_kwargs):
     # One spawn launch only: a second launch on the same trainer (fit, then validate) aborted a
-    # worker once in CI (SIGABRT, no message) and never here; ddp_spawn *validate* of a checkpoint
+    # worker once in CI (SIGABRT, no message, cause unknown); ddp_spawn *validate* of a checkpoint
     # is covered by tests/test_distributed.py. The fit's own validation runs under DDP at the end
     # of its one epoch, on the weights the spawn hands back to this process.
     pl.seed_everything(0)
