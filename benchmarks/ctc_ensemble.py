@@ -34,6 +34,14 @@ def average(log_probs: list[torch.Tensor], mode: str) -> torch.Tensor:
     return stacked.mean(0)
 
 
+def average_outputs(members: list[list[tuple]], mode: str) -> list[tuple]:
+    """Per batch, the frame-wise average of several members' saved [(log_probs, lengths, texts)]
+    (their frame counts must agree); one member is returned as it is."""
+    return [(average([b[0] for b in batches], mode) if len(members) > 1 else batches[0][0],
+             batches[0][1], batches[0][2])
+            for batches in zip(*members)]
+
+
 def main() -> None:
     """Prints one row per checkpoint and per combination: CER and WER on each split."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -69,9 +77,7 @@ def main() -> None:
     for combo, mode in combos:
         cells = []
         for split in args.splits:
-            combined = [(average([b[0] for b in batches], mode) if len(combo) > 1 else batches[0][0],
-                         batches[0][1], batches[0][2])
-                        for batches in zip(*(outputs[i, split] for i in combo))]
+            combined = average_outputs([outputs[i, split] for i in combo], mode)
             cer, wer, _ = evaluate(first.decoder, combined, first.tokenizer)
             cells += [f"{100 * cer:.2f} %", f"{100 * wer:.2f} %"]
         print(f"| {'+'.join(names[i] for i in combo)} | {mode} | " + " | ".join(cells) + " |")

@@ -22,9 +22,9 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-# The frame-wise average of the checkpoint-ensemble benchmark (same directory, so importable
+# The frame-wise averaging of the checkpoint-ensemble benchmark (same directory, so importable
 # when run as a script).
-from ctc_ensemble import average
+from ctc_ensemble import average_outputs
 from htr_lightning.decoding.lm_cli import cut_as_trained, datamodule_from_config, evaluate
 from htr_lightning.models import load_system
 
@@ -100,9 +100,7 @@ def main() -> None:
     def cells(names: list[str], mode: str) -> str:
         row = []
         for split in args.splits:
-            merged = [(average([b[0] for b in batches], mode) if len(names) > 1 else batches[0][0],
-                       batches[0][1], batches[0][2])
-                      for batches in zip(*(outputs[n, split] for n in names))]
+            merged = average_outputs([outputs[n, split] for n in names], mode)
             cer, wer, _ = evaluate(model.decoder, merged, model.tokenizer)
             row += [f"{100 * cer:.2f} %", f"{100 * wer:.2f} %"]
         return " | ".join(row)
