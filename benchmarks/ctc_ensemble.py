@@ -27,11 +27,13 @@ from htr_lightning.models import load_system
 
 
 def average(log_probs: list[torch.Tensor], mode: str) -> torch.Tensor:
-    """Frame-wise average of (B, T, C) log-probabilities: of the probabilities, or of the logs."""
+    """Frame-wise average of (B, T, C) log-probabilities: of the probabilities, or of the logs
+    (a geometric mean, renormalised per frame so that a beam search with an LM weighs it as a
+    distribution; greedy decoding is the same either way)."""
     stacked = torch.stack(log_probs)
     if mode == "prob":
         return torch.logsumexp(stacked, 0) - math.log(len(log_probs))
-    return stacked.mean(0)
+    return stacked.mean(0).log_softmax(-1)
 
 
 def average_outputs(members: list[list[tuple]], mode: str) -> list[tuple]:

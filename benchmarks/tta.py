@@ -11,6 +11,13 @@ the 4-px teachers, the one variant that moves the frames).
         --config configs/experiment/teacher_hooker_wide.yaml \\
         --ckpt_path checkpoints/wide_rect_ft/best.ckpt --splits val
 
+With ``--lm`` it also decodes the unaltered outputs and the averaged ``--group`` with beam search
+and that character n-gram LM, over the grid of ``--weights`` and ``--bonuses``:
+
+    .venv/bin/python benchmarks/tta.py --config configs/experiment/teacher_hooker_wide.yaml \\
+        --ckpt_path checkpoints/wide_rect_ft/best.ckpt --splits val test \\
+        --group "all but the right shift" --lm checkpoints/hooker_char6.arpa
+
 The variants are tensor operations on the batch (ink 1, background 0) rather than
 :class:`~htr_lightning.data.LineAugment`, which is random and works on PIL images per line.
 """
@@ -25,7 +32,8 @@ import torch.nn.functional as F
 # The frame-wise averaging of the checkpoint-ensemble benchmark (same directory, so importable
 # when run as a script).
 from ctc_ensemble import average_outputs
-from htr_lightning.decoding.lm_cli import cut_as_trained, datamodule_from_config, evaluate
+from htr_lightning.decoding import BeamSearchDecoder
+from htr_lightning.decoding.lm_cli import _floats, cut_as_trained, datamodule_from_config, evaluate
 from htr_lightning.models import load_system
 
 
@@ -79,7 +87,19 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--splits", nargs="+", default=["val"])
+    parser.add_argument("--group", choices=list(GROUPS), default=None,
+                        help="run only this group's variants (and report only it)")
+    parser.add_argument("--mode", choices=["prob", "log"], default="log",
+                        help="how --group is averaged for the beam + LM rows")
+    parser.add_argument("--lm", default=None, help="ARPA file: adds beam + LM rows")
+    parser.add_argument("--beam", type=int, default=16)
+    parser.add_argument("--weights", type=_floats, default=[0.5, 1.0])
+    parser.add_argument("--bonuses", type=_floats, default=[1.0, 2.0])
     args = parser.parse_args()
+    if args.lm and not args.group:
+        parser.error("--lm needs --group (the averaged variants to decode with it)")
+    variants = {n: VARIANTS[n] for n in GROUPS[args.group]} if args.group else VARIANTS
+    groups = {args.group: GROUPS[args.group]} if args.group else GROUPS
 
     model = load_system(args.ckpt_path).eval()
     outputs = {}  # (variant, split) -> [(log_probs, lengths, texts)] per batch
@@ -92,25 +112,35 @@ def main() -> None:
             for batch in loader:
                 if not batch["texts"]:
                     continue
-                for name, alter in VARIANTS.items():
+                for name, alter in variants.items():
                     log_probs, lengths = model(alter(batch["images"]), batch["widths"])
                     outputs.setdefault((name, split), []).append(
                         (log_probs, lengths, batch["texts"]))
 
-    def cells(names: list[str], mode: str) -> str:
+    def cells(names: list[str], mode: str, decoder=None) -> str:
         row = []
         for split in args.splits:
             merged = average_outputs([outputs[n, split] for n in names], mode)
-            cer, wer, _ = evaluate(model.decoder, merged, model.tokenizer)
+            cer, wer, _ = evaluate(decoder or model.decoder, merged, model.tokenizer)
             row += [f"{100 * cer:.2f} %", f"{100 * wer:.2f} %"]
         return " | ".join(row)
 
     print("| variants | average | " + " | ".join(f"{s} CER | {s} WER" for s in args.splits) + " |")
-    for name in VARIANTS:
+    for name in variants:
         print(f"| {name} | - | {cells([name], '-')} |", flush=True)
-    for group, names in GROUPS.items():
+    for group, names in groups.items():
         for mode in ("prob", "log"):
             print(f"| {group} | {mode} | {cells(names, mode)} |", flush=True)
+    if args.lm:
+        for weight in args.weights:
+            for bonus in args.bonuses:
+                decoder = BeamSearchDecoder(args.beam, lm_path=args.lm, lm_weight=weight,
+                                            insertion_bonus=bonus)
+                label = f"beam {args.beam} + LM w={weight:g} bonus={bonus:g}"
+                print(f"| identity, {label} | - | {cells(['identity'], '-', decoder)} |",
+                      flush=True)
+                print(f"| {args.group}, {label} | {args.mode} | "
+                      f"{cells(GROUPS[args.group], args.mode, decoder)} |", flush=True)
 
 
 if __name__ == "__main__":
