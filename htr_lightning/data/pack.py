@@ -30,13 +30,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from htr_lightning.data.readers import READERS
 from htr_lightning.data.readers.common import SPLITS
 from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
-from htr_lightning.data.transforms import LinePreprocessor
+from htr_lightning.data.transforms import LinePreprocessor, quantize_levels
 
 log = logging.getLogger("htr_lightning.data")
 
@@ -73,12 +70,11 @@ def pack_lines(samples: Sequence[LineSample], folder: str | Path, height: int,
     Raises:
         ValueError: for an id that would leave ``folder`` (absolute, or with ``..``).
     """
-    if not 2 <= levels <= 256:
+    if not 2 <= levels <= 256:  # before any line is read
         raise ValueError(f"levels must be in 2..256, not {levels}")
     folder = Path(folder)
     # The training preprocessing's grayscale, polarity and height, with no width limit.
     preprocess = LinePreprocessor(height=height, max_width=sys.maxsize)
-    step = 255 / (levels - 1)
     written = 0
     for sample in samples:
         relative = Path(sample.id)
@@ -91,10 +87,7 @@ def pack_lines(samples: Sequence[LineSample], folder: str | Path, height: int,
             continue
         target = folder / f"{sample.id}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        if levels < 256:
-            pixels = np.round(np.round(np.asarray(gray) / step) * step).astype(np.uint8)
-            gray = Image.fromarray(pixels, "L")
-        gray.save(target, optimize=True)
+        quantize_levels(gray, levels).save(target, optimize=True)
         target.with_suffix(".txt").write_text(sample.text + "\n", encoding="utf-8")
         written += 1
     return written

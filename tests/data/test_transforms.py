@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from htr_lightning.data.transforms import LineAugment, LinePreprocessor, to_grayscale
+from htr_lightning.data.transforms import LineAugment, LinePreprocessor, quantize_levels, to_grayscale
 
 
 def _line(width=200, height=50):
@@ -82,6 +82,43 @@ def test_augment_option_true_false_or_settings():
     assert (default.shear, default.morphology) == (0.3, 0.3)
     custom = LineAugment.from_option({"shear": 0.6, "morphology": 0})
     assert (custom.shear, custom.morphology, custom.grid) == (0.6, 0, 0.5)  # the rest: defaults
+
+
+@pytest.mark.parametrize("levels", [2, 8, 16, 255])
+def test_quantize_levels_rounds_to_evenly_spread_levels(levels):
+    ramp = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16), "L")
+    out = np.asarray(quantize_levels(ramp, levels)).astype(float)
+    step = 255 / (levels - 1)
+    assert len(np.unique(out)) == levels
+    assert {0.0, 255.0} <= set(np.unique(out))
+    assert np.abs(out - np.arange(256).reshape(16, 16)).max() <= step / 2 + 0.5
+    assert quantize_levels(ramp, 256) is ramp
+
+
+def test_quantize_levels_rejects_a_level_count_outside_2_to_256():
+    with pytest.raises(ValueError, match="levels must be in 2..256, not 1"):
+        quantize_levels(Image.new("L", (4, 4)), 1)
+
+
+def test_quantize_augmentation_acts_at_the_network_height():
+    # A smooth ramp: at the output height it has far more than 32 grey values, so only a
+    # quantization after the resize leaves 32 or fewer, all on one of the level grids.
+    ramp = Image.fromarray(np.tile(np.linspace(40, 250, 300), (50, 1)).astype(np.uint8), "L")
+    pre = LinePreprocessor(height=32)
+    assert len(np.unique(np.asarray(pre.scaled(ramp)))) > 100
+    grids = {n: set(np.round(np.round(np.arange(256) / (255 / (n - 1))) * (255 / (n - 1))))
+             for n in LineAugment.QUANTIZE_LEVELS}
+    seen = set()
+    for seed in range(12):
+        off = {k: 0 for k in LineAugment.SETTINGS}
+        out = np.asarray(pre.scaled(ramp, LineAugment(**{**off, "quantize": 1.0}, seed=seed)))
+        values = set(np.unique(out).astype(float))
+        fits = [n for n, grid in grids.items() if values <= grid]
+        assert fits and len(values) <= 32
+        seen.add(min(fits))
+    assert seen == set(LineAugment.QUANTIZE_LEVELS)  # each level count is drawn
+    never = LineAugment(**{k: 0 for k in LineAugment.SETTINGS}, seed=0)
+    assert np.array_equal(np.asarray(pre.scaled(ramp, never)), np.asarray(pre.scaled(ramp)))
 
 
 def test_augment_option_all_zero_is_the_identity():
