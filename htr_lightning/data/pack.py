@@ -33,7 +33,7 @@ from pathlib import Path
 from htr_lightning.data.readers import READERS
 from htr_lightning.data.readers.common import SPLITS
 from htr_lightning.data.samples import BadSampleError, LineSample, SkipReport
-from htr_lightning.data.transforms import LinePreprocessor, quantize_levels
+from htr_lightning.data.transforms import LinePreprocessor, check_levels, quantize_levels
 
 log = logging.getLogger("htr_lightning.data")
 
@@ -70,8 +70,7 @@ def pack_lines(samples: Sequence[LineSample], folder: str | Path, height: int,
     Raises:
         ValueError: for an id that would leave ``folder`` (absolute, or with ``..``).
     """
-    if not 2 <= levels <= 256:  # before any line is read
-        raise ValueError(f"levels must be in 2..256, not {levels}")
+    check_levels(levels)  # before any line is read
     folder = Path(folder)
     # The training preprocessing's grayscale, polarity and height, with no width limit.
     preprocess = LinePreprocessor(height=height, max_width=sys.maxsize)

@@ -43,6 +43,12 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+def check_levels(levels: int) -> None:
+    """Raises ValueError unless ``levels`` is a grey-level count :func:`quantize_levels` takes."""
+    if not 2 <= levels <= 256:
+        raise ValueError(f"levels must be in 2..256, not {levels}")
+
+
 def quantize_levels(gray: Image.Image, levels: int) -> Image.Image:
     """Keeps ``levels`` grey levels of an "L" image, spread evenly over 0-255, each pixel
     rounded to the nearest (``levels`` 256: the image unchanged).
@@ -53,8 +59,7 @@ def quantize_levels(gray: Image.Image, levels: int) -> Image.Image:
     >>> quantize_levels(Image.new("L", (1, 1), 180), 16).getpixel((0, 0))
     187
     """
-    if not 2 <= levels <= 256:
-        raise ValueError(f"levels must be in 2..256, not {levels}")
+    check_levels(levels)
     if levels == 256:
         return gray
     step = 255 / (levels - 1)

@@ -108,16 +108,16 @@ def test_quantize_augmentation_acts_at_the_network_height():
     assert len(np.unique(np.asarray(pre.scaled(ramp)))) > 100
     grids = {n: set(np.round(np.round(np.arange(256) / (255 / (n - 1))) * (255 / (n - 1))))
              for n in LineAugment.QUANTIZE_LEVELS}
+    off = {k: 0 for k in LineAugment.SETTINGS}
     seen = set()
     for seed in range(12):
-        off = {k: 0 for k in LineAugment.SETTINGS}
         out = np.asarray(pre.scaled(ramp, LineAugment(**{**off, "quantize": 1.0}, seed=seed)))
         values = set(np.unique(out).astype(float))
         fits = [n for n, grid in grids.items() if values <= grid]
         assert fits and len(values) <= 32
         seen.add(min(fits))
     assert seen == set(LineAugment.QUANTIZE_LEVELS)  # each level count is drawn
-    never = LineAugment(**{k: 0 for k in LineAugment.SETTINGS}, seed=0)
+    never = LineAugment(**off, seed=0)
     assert np.array_equal(np.asarray(pre.scaled(ramp, never)), np.asarray(pre.scaled(ramp)))
 
 
