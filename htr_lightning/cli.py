@@ -270,6 +270,19 @@ class HTRLightningCLI(LightningCLI):
         super().after_instantiate_classes()
         if self._decoder is not None:
             self.model.set_decoder(self._decoder)
+        trainer = getattr(self, "trainer", None)
+        if self.subcommand in (None, "fit") and trainer is not None \
+                and trainer.limit_val_batches == 0:
+            # No validation, so no val_cer to rank checkpoints by. Lightning would otherwise
+            # warn at every epoch end that val_cer was never logged and hint at a missing
+            # log call; the run is fine, and last.ckpt holds its latest weights.
+            ranked = [c for c in trainer.checkpoint_callbacks
+                      if isinstance(c, ModelCheckpoint) and c.monitor == "val_cer"]
+            for callback in ranked:
+                callback.save_top_k = 0
+            if ranked:
+                log.info("no validation in this run (limit_val_batches=0): no best checkpoint "
+                         "by val_cer is kept, last.ckpt holds the latest weights")
 
 
 def _with_checkpoint_model(argv: list[str]) -> list[str]:

@@ -1,4 +1,5 @@
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,9 +100,18 @@ def test_early_stopping_on_val_cer_and_no_validation_still_trains(tmp_path):
     # val_cer never changes: best at epoch 0, no improvement at 1 and 2, stop after epoch 2
     assert stopper.stopped_epoch == 2 and cli.trainer.current_epoch == 3
 
-    unvalidated = main(["fit", *tiny_cli_args(tmp_path / "b"), "--trainer.max_steps=2",
-                        "--trainer.limit_val_batches=0"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        unvalidated = main(["fit", *tiny_cli_args(tmp_path / "b"), "--trainer.max_steps=2",
+                            "--trainer.limit_val_batches=0"])
     assert unvalidated.trainer.global_step == 2
+    # nothing to rank checkpoints by: no best checkpoint, no hint at a missing log call, and
+    # last.ckpt still holds the final weights
+    assert unvalidated.trainer.checkpoint_callback.save_top_k == 0
+    assert not [w for w in caught if "could not find the monitored key" in str(w.message)]
+    folder = Path(unvalidated.trainer.checkpoint_callback.dirpath)
+    assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt"]
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 def test_each_process_writes_its_own_line_file(tmp_path):
