@@ -3,7 +3,8 @@
 We write no averaging code: ``--trainer.callbacks+=EMAWeightAveraging`` works with our CLI.
 These tests hold the parts of the contract that are ours: the best checkpoint is chosen by the
 ``val_cer`` of the averaged weights and holds those weights, our loaders read them, and a resume
-carries the average on.
+carries the average on. ``htr_lightning.averaging.EMA`` is that callback with a delayed start
+that uses the raw weights until the average begins (the last two tests).
 """
 from pathlib import Path
 
@@ -53,3 +54,38 @@ def test_ema_resume_from_last_continues_the_average(tmp_path):
     assert saved["global_step"] == 6
     assert int(saved["averaging_state"]["n_averaged"]) == 6  # 4 before the resume, 2 after
     assert _differing(saved["current_model_state"], raw_before) > 0  # training went on from the raw weights
+
+
+DELAYED = ["--trainer.callbacks+=htr_lightning.averaging.EMA", "--trainer.callbacks.decay=0.5",
+           "--model.scheduler=constant", "--trainer.val_check_interval=2"]
+
+
+def test_delayed_ema_validates_saves_and_keeps_the_raw_weights_until_it_starts(tmp_path):
+    # The average would start at step 100; the run ends at step 4, with two validations before.
+    cli = main(["fit", *tiny_cli_args(tmp_path), *DELAYED,
+                "--trainer.callbacks.update_starting_at_step=100", "--trainer.max_steps=4"])
+    saved = load_checkpoint_file(tmp_path / "ckpt" / "last.ckpt")
+    assert int(saved["averaging_state"]["n_averaged"]) == 0
+    # The file holds the trained weights, not the initial copy the empty average keeps,
+    assert _differing(saved["state_dict"], saved["current_model_state"]) == 0
+    # and so does the model once training has ended.
+    assert _differing(cli.model.state_dict(), saved["state_dict"]) == 0
+
+    # best.ckpt was chosen by the val_cer of the weights it holds.
+    chooser = cli.trainer.checkpoint_callback
+    val = main(["validate", *tiny_cli_args(tmp_path), f"--ckpt_path={chooser.best_model_path}"])
+    assert float(val.trainer.callback_metrics["val_cer"]) == pytest.approx(float(chooser.best_model_score))
+
+
+def test_delayed_ema_starts_from_the_weights_of_its_first_update_and_resumes(tmp_path):
+    args = [*tiny_cli_args(tmp_path), *DELAYED, "--trainer.callbacks.update_starting_at_step=3"]
+    main(["fit", *args, "--trainer.max_steps=2"])  # stops before the start
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert int(load_checkpoint_file(last)["averaging_state"]["n_averaged"]) == 0
+
+    cli = main(["fit", *args, "--trainer.max_steps=6", f"--ckpt_path={last}"])
+    saved = load_checkpoint_file(last)
+    # Zero-based step indices 3, 4 and 5 updated the average; from then on it is the weights.
+    assert int(saved["averaging_state"]["n_averaged"]) == 3
+    assert _differing(saved["state_dict"], saved["current_model_state"]) > 0
+    assert _differing(cli.model.state_dict(), saved["state_dict"]) == 0
