@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import (Callback, EarlyStopping, LearningRateMonitor,
-                                         ModelCheckpoint)
+from lightning.pytorch.callbacks import (Callback, EarlyStopping, EMAWeightAveraging,
+                                         LearningRateMonitor, ModelCheckpoint)
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
@@ -283,6 +283,15 @@ class HTRLightningCLI(LightningCLI):
             if ranked:
                 log.info("no validation in this run (limit_val_batches=0): no best checkpoint "
                          "by val_cer is kept, last.ckpt holds the latest weights")
+        if self.subcommand in (None, "fit") and trainer is not None:
+            for callback in trainer.callbacks:
+                delayed = getattr(callback, "update_starting_at_step", None) is not None \
+                    or getattr(callback, "update_starting_at_epoch", None) is not None
+                if type(callback) is EMAWeightAveraging and delayed:
+                    log.warning("EMAWeightAveraging with a delayed start validates and saves the "
+                                "untrained initial weights until its average starts (Lightning "
+                                "issue #21724); htr_lightning.averaging.EMA takes the same "
+                                "arguments and uses the raw weights until then")
 
 
 def _with_checkpoint_model(argv: list[str]) -> list[str]:

@@ -89,3 +89,13 @@ def test_delayed_ema_starts_from_the_weights_of_its_first_update_and_resumes(tmp
     assert int(saved["averaging_state"]["n_averaged"]) == 3
     assert _differing(saved["state_dict"], saved["current_model_state"]) > 0
     assert _differing(cli.model.state_dict(), saved["state_dict"]) == 0
+
+
+@pytest.mark.parametrize("callback, start, warned", [("EMAWeightAveraging", 100, True),
+                                                     ("EMAWeightAveraging", None, False),
+                                                     ("htr_lightning.averaging.EMA", 100, False)])
+def test_a_delayed_lightning_ema_is_named_with_its_fix(tmp_path, caplog, callback, start, warned):
+    delay = [] if start is None else [f"--trainer.callbacks.update_starting_at_step={start}"]
+    main([*tiny_cli_args(tmp_path), f"--trainer.callbacks+={callback}", *delay], run=False)
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("#21724" in m and "htr_lightning.averaging.EMA" in m for m in messages) is warned
