@@ -266,13 +266,15 @@ class HTRLightningCLI(LightningCLI):
                 model[key] = value
 
     def after_instantiate_classes(self) -> None:
-        """Applies ``--decoder`` to the model."""
+        """Applies ``--decoder`` to the model; for ``fit``, drops the best checkpoint of a run
+        without validation and warns of a delayed Lightning EMA (both below)."""
         super().after_instantiate_classes()
         if self._decoder is not None:
             self.model.set_decoder(self._decoder)
         trainer = getattr(self, "trainer", None)
-        if self.subcommand in (None, "fit") and trainer is not None \
-                and trainer.limit_val_batches == 0:
+        if self.subcommand not in (None, "fit") or trainer is None:
+            return
+        if trainer.limit_val_batches == 0:
             # No validation, so no val_cer to rank checkpoints by. Lightning would otherwise
             # warn at every epoch end that val_cer was never logged and hint at a missing
             # log call; the run is fine, and last.ckpt holds its latest weights.
@@ -283,15 +285,14 @@ class HTRLightningCLI(LightningCLI):
             if ranked:
                 log.info("no validation in this run (limit_val_batches=0): no best checkpoint "
                          "by val_cer is kept, last.ckpt holds the latest weights")
-        if self.subcommand in (None, "fit") and trainer is not None:
-            for callback in trainer.callbacks:
-                delayed = getattr(callback, "update_starting_at_step", None) is not None \
-                    or getattr(callback, "update_starting_at_epoch", None) is not None
-                if type(callback) is EMAWeightAveraging and delayed:
-                    log.warning("EMAWeightAveraging with a delayed start validates and saves the "
-                                "untrained initial weights until its average starts (Lightning "
-                                "issue #21724); htr_lightning.averaging.EMA takes the same "
-                                "arguments and uses the raw weights until then")
+        for callback in trainer.callbacks:
+            if type(callback) is EMAWeightAveraging and (
+                    callback.update_starting_at_step is not None
+                    or callback.update_starting_at_epoch is not None):
+                log.warning("EMAWeightAveraging with a delayed start validates and saves the "
+                            "untrained initial weights until its average starts (Lightning "
+                            "issue #21724); htr_lightning.averaging.EMA takes the same "
+                            "arguments and uses the raw weights until then")
 
 
 def _with_checkpoint_model(argv: list[str]) -> list[str]:

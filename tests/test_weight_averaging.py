@@ -4,7 +4,8 @@ We write no averaging code: ``--trainer.callbacks+=EMAWeightAveraging`` works wi
 These tests hold the parts of the contract that are ours: the best checkpoint is chosen by the
 ``val_cer`` of the averaged weights and holds those weights, our loaders read them, and a resume
 carries the average on. ``htr_lightning.averaging.EMA`` is that callback with a delayed start
-that uses the raw weights until the average begins (the last two tests).
+that uses the raw weights until the average begins (the tests after the first two), and
+``fit`` warns when Lightning's own class is given a delayed start (the last test).
 """
 from pathlib import Path
 
