@@ -243,6 +243,32 @@ def test_sigterm_saves_last_ckpt_at_the_step_it_stopped(tmp_path, monkeypatch, u
     assert resumed == {step: uninterrupted[step] for step in resumed}
 
 
+@pytest.mark.parametrize("stop", ["sigterm", "error"])
+def test_a_run_with_workers_stopped_inside_a_validation_exits(tmp_path, stop):
+    """SIGTERM to the main process alone (``kill <pid>``), or an error, inside a validation of
+    a fit with DataLoader workers: the run exits (143, or 1 with the error) instead of
+    waiting forever on the training loader's workers, which Lightning's teardown leaves
+    alive when it ends the validation loop, and which ignored the exit's SIGTERM."""
+    marker = tmp_path / "validating"
+    callbacks = [{"class_path": "tiny_systems.InValidation",
+                  "init_args": {"marker": str(marker), "crash": stop == "error"}}]
+    command = _fit(_config(tmp_path, throttle=0.0), "--trainer.callbacks", json.dumps(callbacks),
+                   "--data.num_workers", "2", "--checkpoint.dirpath", str(tmp_path / "run"),
+                   "--data.synthetic_size", json.dumps({"train": 8, "val": 40, "test": 4}))
+    started = time.monotonic()
+    run, stderr, sent = _signal_when(command, marker.is_file if stop == "sigterm" else lambda: False,
+                                     signal.SIGTERM)
+    assert time.monotonic() - started < 90, stderr[-3000:]
+    assert sent == (stop == "sigterm")
+    if stop == "sigterm":
+        assert "SIGTERM during a validation" in stderr, stderr[-3000:]
+        assert run.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    else:
+        assert "crash inside a validation" in stderr, stderr[-3000:]
+        assert run.returncode == 1, stderr[-3000:]
+    assert "killed by signal" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+
+
 def test_last_ckpt_holds_the_validation_that_ran_after_a_step_save(tmp_path, monkeypatch):
     """A step save on an epoch's last batch is followed by that epoch's validation, and
     ModelCheckpoint records the score at the epoch's end: last.ckpt must be written again

@@ -94,3 +94,22 @@ class CrashAt(lightning.pytorch.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             raise RuntimeError(f"crash at step {self.step}")
+
+
+class InValidation(lightning.pytorch.Callback):
+    """Inside each validation after the sanity check: touches ``marker`` and sleeps before
+    each batch, so that a subprocess run can be signalled mid-validation; with ``crash``,
+    raises at its first batch instead."""
+
+    def __init__(self, marker: str, seconds: float = 0.5, crash: bool = False) -> None:
+        self.marker, self.seconds, self.crash = Path(marker), seconds, crash
+
+    def on_validation_batch_start(self, trainer, *args, **kwargs) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.crash:
+            raise RuntimeError("crash inside a validation")
+        import time
+
+        self.marker.touch()
+        time.sleep(self.seconds)

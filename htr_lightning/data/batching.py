@@ -36,21 +36,28 @@ WIDTH_MULTIPLE = 32
 
 def worker_init(worker_id: int) -> None:
     """``worker_init_fn`` of the fit, validate and test loaders: the worker outlives the first
-    SIGTERM, then seeds itself as Lightning would.
+    SIGTERM from outside the run, then seeds itself as Lightning would.
 
     Slurm's ``scancel``, preemption and ``kill -TERM -- -PGID`` signal every process of the
     job. A worker that died of it at once made the main process fail inside the step under
     way ("DataLoader worker ... is killed by signal: Terminated", raised from torch's SIGCHLD
     handler) before Lightning's own SIGTERM handling could stop after the step and save
-    last.ckpt. With the first SIGTERM ignored, the main process finishes the step, saves and
-    shuts the workers down through their queues as usual; a second SIGTERM (the DataLoader's
-    ``terminate()`` of a worker that does not exit) ends the worker.
+    last.ckpt. With the first such SIGTERM ignored, the main process finishes the step, saves
+    and shuts the workers down through their queues as usual; a second one ends the worker.
+
+    A SIGTERM from the main process itself ends the worker at once: that is how the main
+    process ends workers it could not shut down through their queues (the DataLoader's
+    ``terminate()``, and multiprocessing's exit handler, which terminates the workers left
+    alive, then joins them). A run that stopped inside a validation, by SIGTERM to its main
+    process or by an error, leaves the training loader's persistent workers alive
+    (Lightning's teardown ends the validation loop only); ignoring that SIGTERM hung the
+    exit forever.
 
     Lightning adds its worker seeding (``seed_everything(workers=True)``, which the CLI uses)
     only to loaders without a ``worker_init_fn``, so this one calls it under the same
     condition.
     """
-    signal.signal(signal.SIGTERM, _end_on_next_sigterm)
+    _outlive_first_outside_sigterm()
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         # Imported here: the ONNX runtime imports this module and must not need Lightning.
         from lightning.fabric.utilities.seed import pl_worker_init_function
@@ -58,8 +65,36 @@ def worker_init(worker_id: int) -> None:
         pl_worker_init_function(worker_id)
 
 
-def _end_on_next_sigterm(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+def _outlive_first_outside_sigterm() -> None:
+    """Routes this worker's SIGTERMs to a thread that knows who sent each one.
+
+    Written by hand: a Python signal handler is not told the sender, ``sigwaitinfo`` is
+    (``si_pid``), and it needs the signal blocked and a thread waiting for it. Where it does
+    not exist (macOS, Windows), SIGTERM keeps its default action and ends the worker.
+    """
+    if not hasattr(signal, "sigwaitinfo"):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        return
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    main_pid = parent.pid if parent is not None else os.getppid()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler inherited from Lightning
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the thread inherits the mask
+    threading.Thread(target=_wait_for_sigterms, args=(main_pid,), name="sigterm", daemon=True).start()
+
+
+def _wait_for_sigterms(main_pid: int) -> None:
+    outside = 0
+    while True:
+        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+        if sender == main_pid or outside:
+            # Dies of the SIGTERM (default action), as an unguarded worker would: unblocked in
+            # this thread only, and sent to this thread.
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            signal.raise_signal(signal.SIGTERM)
+        outside += 1
 
 
 class LineDataset(Dataset):

@@ -280,6 +280,25 @@ class HTRDataModule(pl.LightningDataModule):
             return {"num_replicas": 1, "rank": 0}
         return {"num_replicas": kwargs["num_replicas"], "rank": kwargs["rank"]}
 
+    def on_exception(self, exception: BaseException) -> None:
+        """Ends the persistent DataLoader workers of a run that stopped with an error or
+        SIGTERM, through their queues.
+
+        Lightning's teardown ends the loaders of the loop that was running only: a fit that
+        stopped inside a validation left the training loader's workers alive, and the exit
+        waited on them (multiprocessing joins its children at exit). Written here because
+        no public API ends a loader's persistent workers; this is what Lightning does to the
+        loaders of the loop it tears down.
+        """
+        if self.trainer is None:
+            return
+        for loader in (self.trainer.train_dataloader, self.trainer.val_dataloaders,
+                       self.trainer.test_dataloaders):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+                loader._iterator = None
+
     def _batches_trained(self) -> int:
         """Batches trained so far in the current epoch (the training loader's position)."""
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from htr_lightning.data import (LineDataset, LinePreprocessor, LineSample, ResumableLoader,
                                 WidthBucketSampler, collate_lines)
+from htr_lightning.data import batching
 from htr_lightning.data.batching import worker_init
 from htr_lightning.data.datamodule import HTRDataModule
 
@@ -131,45 +132,60 @@ def test_the_resumable_loader_reports_the_trained_batches_not_the_fetched_ones()
         ResumableLoader(range(3), batches_done=int)
 
 
-def _survives_sigterms(count: int) -> int:
-    """Forks a process that installs ``worker_init``, sends itself ``count`` SIGTERMs and
-    exits 0 if still alive; returns its wait status (a signal number when it was killed)."""
+def _worker_status(count: int, from_parent: bool = False) -> int:
+    """Forks a process that installs ``worker_init`` and gets ``count`` SIGTERMs, sent by
+    itself (as ``kill`` or Slurm would: not the process that started it) or by the parent;
+    returns its exit status, or the signal number when a signal killed it."""
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never return into pytest
         try:
             worker_init(0)
-            for _ in range(count):
+            os.write(ready_w, b"x")
+            for _ in range(0 if from_parent else count):
                 os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler runs between bytecodes
+                time.sleep(0.05)
+            time.sleep(2)  # long enough for a SIGTERM to end it
         finally:
             os._exit(0)
+    os.read(ready_r, 1)
+    for _ in range(count if from_parent else 0):
+        os.kill(pid, signal.SIGTERM)
     _, status = os.waitpid(pid, 0)
+    os.close(ready_r)
+    os.close(ready_w)
     return os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
-def test_a_worker_outlives_the_first_sigterm_and_ends_on_the_second():
-    assert _survives_sigterms(1) == 0
-    assert _survives_sigterms(2) == signal.SIGTERM
+def test_a_worker_outlives_the_first_sigterm_from_outside_and_ends_on_the_second():
+    assert _worker_status(1) == 0
+    assert _worker_status(2) == signal.SIGTERM
+
+
+def test_a_sigterm_from_the_main_process_ends_a_worker_at_once():
+    """How the DataLoader's ``terminate()`` and multiprocessing's exit handler end workers
+    that are still alive: ignoring it hung the exit of a run stopped inside a validation."""
+    started = time.monotonic()
+    assert _worker_status(1, from_parent=True) == signal.SIGTERM
+    assert time.monotonic() - started < 1.5
 
 
 def test_worker_init_seeds_as_lightning_would(monkeypatch):
     """Lightning adds its worker seeding only to loaders without a worker_init_fn: ours must
     do it in its place when ``seed_everything(workers=True)`` asked for it."""
-    old = signal.getsignal(signal.SIGTERM)
-    try:
-        draws = {}
-        for name, init in (("ours", worker_init), ("lightning", pl_worker_init_function)):
-            monkeypatch.setenv("PL_SEED_WORKERS", "1")
-            torch.manual_seed(1234)  # what torch gives worker 1 of a loader with base seed 1233
-            init(1)
-            draws[name] = (torch.rand(2).tolist(), random.random(), float(np.random.rand()))
-        assert draws["ours"] == draws["lightning"]
-        monkeypatch.delenv("PL_SEED_WORKERS")
-        torch.manual_seed(1234)
-        worker_init(1)
-        assert torch.rand(2).tolist() != draws["ours"][0]  # unseeded: torch's own seed stays
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    # Not in pytest's own process: the SIGTERM guard blocks the signal and starts a thread.
+    monkeypatch.setattr(batching, "_outlive_first_outside_sigterm", lambda: None)
+    draws = {}
+    for name, init in (("ours", worker_init), ("lightning", pl_worker_init_function)):
+        monkeypatch.setenv("PL_SEED_WORKERS", "1")
+        torch.manual_seed(1234)  # what torch gives worker 1 of a loader with base seed 1233
+        init(1)
+        draws[name] = (torch.rand(2).tolist(), random.random(), float(np.random.rand()))
+    assert draws["ours"] == draws["lightning"]
+    monkeypatch.delenv("PL_SEED_WORKERS")
+    torch.manual_seed(1234)
+    worker_init(1)
+    assert torch.rand(2).tolist() != draws["ours"][0]  # unseeded: torch's own seed stays
 
 
 def test_the_datamodule_loaders_use_worker_init():
