@@ -72,29 +72,25 @@ def _outlive_first_outside_sigterm() -> None:
     (``si_pid``), and it needs the signal blocked and a thread waiting for it. Where it does
     not exist (macOS, Windows), SIGTERM keeps its default action and ends the worker.
     """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler inherited from Lightning
     if not hasattr(signal, "sigwaitinfo"):
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         return
     import multiprocessing
     import threading
 
     parent = multiprocessing.parent_process()
     main_pid = parent.pid if parent is not None else os.getppid()
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the handler inherited from Lightning
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # the thread inherits the mask
     threading.Thread(target=_wait_for_sigterms, args=(main_pid,), name="sigterm", daemon=True).start()
 
 
 def _wait_for_sigterms(main_pid: int) -> None:
-    outside = 0
-    while True:
-        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
-        if sender == main_pid or outside:
-            # Dies of the SIGTERM (default action), as an unguarded worker would: unblocked in
-            # this thread only, and sent to this thread.
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-            signal.raise_signal(signal.SIGTERM)
-        outside += 1
+    if signal.sigwaitinfo({signal.SIGTERM}).si_pid != main_pid:
+        signal.sigwaitinfo({signal.SIGTERM})  # the first came from outside: the next one ends it
+    # Dies of the SIGTERM (default action), as an unguarded worker would: unblocked in this
+    # thread only, and sent to this thread.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.raise_signal(signal.SIGTERM)
 
 
 class LineDataset(Dataset):
