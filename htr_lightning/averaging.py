@@ -15,6 +15,11 @@ for its first four epochs; at step 1,108 its average read 100 % val CER and its 
 :class:`EMA` is that callback with one change: until the average has taken its first update,
 the raw weights are validated, saved and kept. Afterwards it behaves exactly as Lightning's.
 Use it as ``--trainer.callbacks+=htr_lightning.averaging.EMA`` with the same arguments.
+
+Outside ``fit`` (validate, test, predict with the training config) it does nothing: a
+checkpoint's ``state_dict`` already holds the weights its ``val_cer`` was measured on, the
+average once it had started. Lightning's class warns there that its state "cannot be
+restored" and asks for the callback to be removed from the config.
 """
 from typing import Any
 
@@ -47,6 +52,13 @@ class EMA(EMAWeightAveraging):
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.has_started():
             super().on_train_end(trainer, pl_module)
+
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: dict[str, Any]) -> None:
+        # The average is made in setup() for fit only. Elsewhere the model has just been
+        # loaded from the file's state_dict, which is the evaluated weights: nothing to restore.
+        if self._average_model is not None:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
                            checkpoint: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ carries the average on. ``htr_lightning.averaging.EMA`` is that callback with a 
 that uses the raw weights until the average begins (the tests after the first two), and
 ``fit`` warns when Lightning's own class is given a delayed start (the last test).
 """
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,19 @@ def test_delayed_ema_starts_from_the_weights_of_its_first_update_and_resumes(tmp
     assert int(saved["averaging_state"]["n_averaged"]) == 3
     assert _differing(saved["state_dict"], saved["current_model_state"]) > 0
     assert _differing(cli.model.state_dict(), saved["state_dict"]) == 0
+
+
+def test_evaluating_with_the_training_config_uses_the_saved_weights_without_a_warning(tmp_path):
+    cli = main(["fit", *tiny_cli_args(tmp_path), *DELAYED,
+                "--trainer.callbacks.update_starting_at_step=1", "--trainer.max_steps=6"])
+    chooser = cli.trainer.checkpoint_callback
+    assert int(load_checkpoint_file(chooser.best_model_path)["averaging_state"]["n_averaged"]) > 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        val = main(["validate", *tiny_cli_args(tmp_path), *DELAYED,
+                    f"--ckpt_path={chooser.best_model_path}"])
+    assert float(val.trainer.callback_metrics["val_cer"]) == pytest.approx(float(chooser.best_model_score))
+    assert not [w for w in caught if "WeightAveraging" in str(w.message)]
 
 
 @pytest.mark.parametrize("callback, start, warned", [("EMAWeightAveraging", 100, True),
